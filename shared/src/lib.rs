@@ -1,0 +1,5 @@
+//! Code both services share: the database boundary, the schema model read from a live
+//! database, the OpenMRS profile, entity identity, and the wire types of the publisher's
+//! resources. Nothing here speaks HTTP or renders feeds.
+
+pub mod db;
