@@ -2,4 +2,10 @@
 //! database, the OpenMRS profile, entity identity, and the wire types of the publisher's
 //! resources. Nothing here speaks HTTP or renders feeds.
 
+pub mod capture;
 pub mod db;
+pub mod model;
+pub mod mysql_dump;
+pub mod profile;
+pub mod schema;
+pub mod testing;

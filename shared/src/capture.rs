@@ -1,0 +1,519 @@
+//! Change capture inside an OpenMRS database: the toolkit's own tables, the triggers that
+//! journal every committed insert, update and delete on published tables, the initial snapshot,
+//! uninstall, and the origin marker that tells local changes from applied ones.
+//!
+//! Why triggers: they see every writer (the OpenMRS API, direct SQL, scripts) on every supported
+//! server (MySQL 5.6+, MariaDB 10.x, SQLite) with no binlog configuration and nothing to purge:
+//! the journal lives in the same database, inside the writer's transaction, so a publisher down
+//! for a week loses nothing. The SQL text is generated here from the model; the statements are
+//! run by [`install`] and [`uninstall`].
+//!
+//! Invariant: every object this module creates is named with [`PREFIX`]; uninstall removes
+//! exactly the objects carrying it.
+
+use sha2::{Digest, Sha256};
+
+use crate::db::{DbResult, Dialect, Session, quote_ident};
+use crate::model::{Entity, Identity, Model, RowSource};
+
+/// The reserved prefix of every table and trigger the toolkit adds to a database.
+pub const PREFIX: &str = "feedsync_";
+pub const JOURNAL_TABLE: &str = "feedsync_journal";
+pub const EVENT_TABLE: &str = "feedsync_event";
+pub const PAGE_TABLE: &str = "feedsync_page";
+pub const STATE_TABLE: &str = "feedsync_state";
+/// SQLite has no session variables: an applier inserts its origin here inside its own write
+/// transaction and deletes it before commit, so no other transaction ever sees the row.
+pub const ORIGIN_TABLE: &str = "feedsync_origin";
+/// The MySQL session variable an applier sets to its origin before writing.
+pub const MYSQL_ORIGIN_VARIABLE: &str = "@feedsync_origin";
+/// Version of the capture layout; stored at install.
+pub const CAPTURE_VERSION: &str = "1";
+const MYSQL_IDENTIFIER_LENGTH_MAX: usize = 64;
+
+/// The toolkit's tables, in creation order.
+pub fn table_ddl(dialect: Dialect) -> Vec<String> {
+    match dialect {
+        Dialect::MySql => vec![
+            // journal_id orders changes only within what one reader sees; the sequencer,
+            // not this number, gives events their published order (see publisher::sequencer).
+            "CREATE TABLE IF NOT EXISTS feedsync_journal (\
+               journal_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+               table_name VARCHAR(64) NOT NULL, \
+               action VARCHAR(16) NOT NULL, \
+               entity_key VARCHAR(512) NULL, \
+               row_key VARCHAR(512) NULL, \
+               patient_uuid VARCHAR(38) NULL, \
+               location_uuid VARCHAR(38) NULL, \
+               origin VARCHAR(128) NULL, \
+               changed_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)\
+             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                .into(),
+            "CREATE TABLE IF NOT EXISTS feedsync_event (\
+               event_seq BIGINT NOT NULL PRIMARY KEY, \
+               event_uuid CHAR(36) NOT NULL, \
+               table_name VARCHAR(64) NOT NULL, \
+               category VARCHAR(64) NOT NULL, \
+               action VARCHAR(16) NOT NULL, \
+               entity_key VARCHAR(512) NOT NULL, \
+               patient_uuid VARCHAR(38) NULL, \
+               location_uuid VARCHAR(38) NULL, \
+               origin VARCHAR(128) NULL, \
+               changed_at DATETIME(3) NOT NULL, \
+               category_page BIGINT NOT NULL, \
+               all_page BIGINT NOT NULL, \
+               content TEXT NOT NULL, \
+               KEY feedsync_event_category_page (category, category_page, event_seq), \
+               KEY feedsync_event_all_page (all_page, event_seq), \
+               KEY feedsync_event_entity (table_name, entity_key(191))\
+             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                .into(),
+            "CREATE TABLE IF NOT EXISTS feedsync_page (\
+               feed VARCHAR(64) NOT NULL PRIMARY KEY, \
+               page BIGINT NOT NULL, \
+               entries BIGINT NOT NULL\
+             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                .into(),
+            "CREATE TABLE IF NOT EXISTS feedsync_state (\
+               name VARCHAR(191) NOT NULL PRIMARY KEY, \
+               value TEXT NULL\
+             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                .into(),
+        ],
+        Dialect::Sqlite => vec![
+            "CREATE TABLE IF NOT EXISTS feedsync_journal (\
+               journal_id INTEGER PRIMARY KEY AUTOINCREMENT, \
+               table_name TEXT NOT NULL, action TEXT NOT NULL, entity_key TEXT NULL, row_key TEXT NULL, \
+               patient_uuid TEXT NULL, location_uuid TEXT NULL, origin TEXT NULL, \
+               changed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))"
+                .into(),
+            "CREATE TABLE IF NOT EXISTS feedsync_event (\
+               event_seq INTEGER NOT NULL PRIMARY KEY, event_uuid TEXT NOT NULL, \
+               table_name TEXT NOT NULL, category TEXT NOT NULL, action TEXT NOT NULL, \
+               entity_key TEXT NOT NULL, patient_uuid TEXT NULL, location_uuid TEXT NULL, \
+               origin TEXT NULL, changed_at TEXT NOT NULL, \
+               category_page INTEGER NOT NULL, all_page INTEGER NOT NULL, content TEXT NOT NULL)"
+                .into(),
+            "CREATE INDEX IF NOT EXISTS feedsync_event_category_page ON feedsync_event (category, category_page, event_seq)".into(),
+            "CREATE INDEX IF NOT EXISTS feedsync_event_all_page ON feedsync_event (all_page, event_seq)".into(),
+            "CREATE INDEX IF NOT EXISTS feedsync_event_entity ON feedsync_event (table_name, entity_key)".into(),
+            "CREATE TABLE IF NOT EXISTS feedsync_page (feed TEXT NOT NULL PRIMARY KEY, page INTEGER NOT NULL, entries INTEGER NOT NULL)".into(),
+            "CREATE TABLE IF NOT EXISTS feedsync_state (name TEXT NOT NULL PRIMARY KEY, value TEXT NULL)".into(),
+            "CREATE TABLE IF NOT EXISTS feedsync_origin (origin TEXT NOT NULL)".into(),
+        ],
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 3] = [Operation::Insert, Operation::Update, Operation::Delete];
+    fn suffix(self) -> &'static str {
+        match self {
+            Operation::Insert => "ai",
+            Operation::Update => "au",
+            Operation::Delete => "ad",
+        }
+    }
+    fn keyword(self) -> &'static str {
+        match self {
+            Operation::Insert => "INSERT",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+        }
+    }
+}
+
+/// A trigger's name: prefix, table, operation; shortened with a hash when MySQL's 64-character
+/// limit would be exceeded, so two long table names never collide.
+pub fn trigger_name(table: &str, operation: Operation) -> String {
+    let name = format!("{PREFIX}{table}_{}", operation.suffix());
+    if name.len() <= MYSQL_IDENTIFIER_LENGTH_MAX {
+        return name;
+    }
+    let hash = hex(&Sha256::digest(table.as_bytes())[..4]);
+    let keep = MYSQL_IDENTIFIER_LENGTH_MAX - PREFIX.len() - hash.len() - 5;
+    let mut cut = keep;
+    while !table.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{PREFIX}{}_{hash}_{}", &table[..cut], operation.suffix())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The action tag of a change, as SQL over the old and new row (`OLD`/`NEW` aliases).
+fn action_sql(entity: &Entity, operation: Operation) -> String {
+    match operation {
+        Operation::Insert => "'CREATED'".into(),
+        Operation::Delete => "'DELETED'".into(),
+        Operation::Update => {
+            let mut arms = Vec::new();
+            for (flag, on, off) in [("voided", "VOIDED", "UNVOIDED"), ("retired", "RETIRED", "UNRETIRED")] {
+                if entity.has_column(flag) {
+                    // COALESCE: a NULL flag counts as not voided/retired, as OpenMRS reads it.
+                    arms.push(format!(
+                        "WHEN COALESCE(OLD.{flag}, 0) = 0 AND COALESCE(NEW.{flag}, 0) <> 0 THEN '{on}' \
+                         WHEN COALESCE(OLD.{flag}, 0) <> 0 AND COALESCE(NEW.{flag}, 0) = 0 THEN '{off}'"
+                    ));
+                }
+            }
+            if arms.is_empty() { "'UPDATED'".into() } else { format!("CASE {} ELSE 'UPDATED' END", arms.join(" ")) }
+        }
+    }
+}
+
+fn origin_sql(dialect: Dialect) -> String {
+    match dialect {
+        Dialect::MySql => MYSQL_ORIGIN_VARIABLE.into(),
+        Dialect::Sqlite => format!("(SELECT origin FROM {ORIGIN_TABLE} LIMIT 1)"),
+    }
+}
+
+fn row_key_sql(dialect: Dialect, entity: &Entity, alias: &str) -> String {
+    let columns: Vec<String> = entity
+        .primary_key
+        .iter()
+        .map(|c| format!("{alias}.{}", quote_ident(dialect, c)))
+        .collect();
+    if columns.is_empty() {
+        return "NULL".into();
+    }
+    match dialect {
+        Dialect::MySql => format!("CONCAT_WS(',', {})", columns.join(", ")),
+        Dialect::Sqlite => columns.join(" || ',' || "),
+    }
+}
+
+/// The journal values for one row: (action, entity_key, row_key, patient_uuid, location_uuid).
+fn journal_values(model: &Model, dialect: Dialect, entity: &Entity, alias: &str, action: String) -> String {
+    let source = RowSource::Alias(alias);
+    let key = model.key_sql(dialect, &entity.table, &source).unwrap_or_else(|| "NULL".into());
+    let patient = model.patient_sql(dialect, &entity.table, &source).unwrap_or_else(|| "NULL".into());
+    let location = model.location_sql(dialect, &entity.table, &source).unwrap_or_else(|| "NULL".into());
+    let row_key = row_key_sql(dialect, entity, alias);
+    format!("{action}, {key}, {row_key}, {patient}, {location}")
+}
+
+const JOURNAL_COLUMNS: &str = "table_name, action, entity_key, row_key, patient_uuid, location_uuid, origin";
+
+/// The `CREATE TRIGGER` statement for one table and operation.
+pub fn trigger_sql(model: &Model, dialect: Dialect, table: &str, operation: Operation) -> Option<String> {
+    let entity = model.entity(table)?;
+    let alias = if operation == Operation::Delete { "OLD" } else { "NEW" };
+    let values = journal_values(model, dialect, entity, alias, action_sql(entity, operation));
+    let insert = format!(
+        "INSERT INTO {JOURNAL_TABLE} ({JOURNAL_COLUMNS}) VALUES ({}, {values}, {})",
+        sql_string(table),
+        origin_sql(dialect)
+    );
+    let name = trigger_name(table, operation);
+    let on = quote_ident(dialect, table);
+    Some(match dialect {
+        Dialect::MySql => format!("CREATE TRIGGER `{name}` AFTER {} ON {on} FOR EACH ROW {insert}", operation.keyword()),
+        Dialect::Sqlite => format!("CREATE TRIGGER \"{name}\" AFTER {} ON {on} FOR EACH ROW BEGIN {insert}; END", operation.keyword()),
+    })
+}
+
+/// The statement journaling every existing row of a table, as the initial snapshot does.
+pub fn snapshot_sql(model: &Model, dialect: Dialect, table: &str, action: &str) -> Option<String> {
+    let entity = model.entity(table)?;
+    let values = journal_values(model, dialect, entity, "t", sql_string(action));
+    let order: Vec<String> = entity.primary_key.iter().map(|c| format!("t.{}", quote_ident(dialect, c))).collect();
+    let order_by = if order.is_empty() { String::new() } else { format!(" ORDER BY {}", order.join(", ")) };
+    Some(format!(
+        "INSERT INTO {JOURNAL_TABLE} ({JOURNAL_COLUMNS}) SELECT {}, {values}, NULL FROM {} t{order_by}",
+        sql_string(table),
+        quote_ident(dialect, table)
+    ))
+}
+
+pub fn sql_string(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn fingerprint(sql: &str) -> String {
+    hex(&Sha256::digest(sql.as_bytes()))
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct InstallReport {
+    pub triggers_created: usize,
+    pub triggers_unchanged: usize,
+    pub triggers_replaced: usize,
+    /// Rows journaled by the initial snapshot (or a re-snapshot after a trigger changed).
+    pub snapshot_rows: u64,
+    pub snapshot_tables: usize,
+}
+
+pub async fn state(session: &mut Session, name: &str) -> DbResult<Option<String>> {
+    let rows = session.query(&format!("SELECT value FROM {STATE_TABLE} WHERE name = ?"), &[name.into()]).await?;
+    Ok(rows.first().and_then(|r| r.text("value")))
+}
+
+pub async fn set_state(session: &mut Session, name: &str, value: &str) -> DbResult<()> {
+    let sql = match session.dialect() {
+        Dialect::MySql => format!("INSERT INTO {STATE_TABLE} (name, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)"),
+        Dialect::Sqlite => format!("INSERT INTO {STATE_TABLE} (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value"),
+    };
+    session.execute(&sql, &[name.into(), value.into()]).await?;
+    Ok(())
+}
+
+/// Prepares a database: toolkit tables, triggers on every published table, and, the first time,
+/// a snapshot of every existing row (referenced tables first). Idempotent: a second run changes
+/// nothing unless the model changed (then only the changed tables' triggers are replaced and
+/// those tables re-snapshotted, which covers any write made while a trigger was being replaced).
+pub async fn install(session: &mut Session, model: &Model) -> DbResult<InstallReport> {
+    let dialect = session.dialect();
+    for ddl in table_ddl(dialect) {
+        session.execute_script(&ddl).await?;
+    }
+    let mut report = InstallReport::default();
+    let mut resnapshot = Vec::new();
+    // Read what exists once: information_schema.TRIGGERS is slow to query per trigger.
+    let present: std::collections::BTreeSet<String> = list_triggers(session).await?.into_iter().collect();
+    let fingerprints: std::collections::BTreeMap<String, String> = session
+        .query(&format!("SELECT name, value FROM {STATE_TABLE} WHERE name LIKE 'trigger:%'"), &[])
+        .await?
+        .iter()
+        .filter_map(|r| Some((r.text("name")?, r.text("value")?)))
+        .collect();
+    for table in &model.snapshot_order {
+        let mut replaced = false;
+        for operation in Operation::ALL {
+            let Some(sql) = trigger_sql(model, dialect, table, operation) else { continue };
+            let name = trigger_name(table, operation);
+            let wanted = fingerprint(&sql);
+            let have = fingerprints.get(&format!("trigger:{name}"));
+            let exists = present.contains(&name);
+            if exists && have == Some(&wanted) {
+                report.triggers_unchanged += 1;
+                continue;
+            }
+            if exists {
+                session.execute_script(&drop_trigger_sql(dialect, &name)).await?;
+                report.triggers_replaced += 1;
+                replaced = true;
+            } else {
+                report.triggers_created += 1;
+            }
+            session.execute_script(&sql).await?;
+            set_state(session, &format!("trigger:{name}"), &wanted).await?;
+        }
+        if replaced {
+            resnapshot.push(table.clone());
+        }
+    }
+    if state(session, "snapshot_done").await?.is_none() {
+        report.snapshot_tables = model.snapshot_order.len();
+        if dialect == Dialect::MySql {
+            // INSERT ... SELECT under REPEATABLE READ share-locks every row it reads, which
+            // would stall OpenMRS writers for the whole snapshot.
+            session.execute_script("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+        }
+        session.begin().await?;
+        let result = async {
+            let mut rows = 0;
+            for table in &model.snapshot_order {
+                if let Some(sql) = snapshot_sql(model, dialect, table, "CREATED") {
+                    rows += session.execute(&sql, &[]).await?;
+                }
+            }
+            set_state(session, "snapshot_done", &chrono::Utc::now().to_rfc3339()).await?;
+            set_state(session, "capture_version", CAPTURE_VERSION).await?;
+            Ok::<u64, crate::db::DbError>(rows)
+        }
+        .await;
+        match result {
+            Ok(rows) => {
+                session.commit().await?;
+                report.snapshot_rows = rows;
+            }
+            Err(e) => {
+                let _ = session.rollback().await;
+                return Err(e);
+            }
+        }
+    } else {
+        for table in &resnapshot {
+            if let Some(sql) = snapshot_sql(model, dialect, table, "UPDATED") {
+                report.snapshot_rows += session.execute(&sql, &[]).await?;
+                report.snapshot_tables += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn drop_trigger_sql(dialect: Dialect, name: &str) -> String {
+    format!("DROP TRIGGER IF EXISTS {}", quote_ident(dialect, name))
+}
+
+/// Every trigger in the database carrying the toolkit's prefix.
+pub async fn list_triggers(session: &mut Session) -> DbResult<Vec<String>> {
+    let rows = match session.dialect() {
+        Dialect::MySql => {
+            session
+                .query(
+                    "SELECT TRIGGER_NAME AS name FROM information_schema.TRIGGERS \
+                     WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE 'feedsync\\_%'",
+                    &[],
+                )
+                .await?
+        }
+        Dialect::Sqlite => {
+            session.query("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'feedsync\\_%' ESCAPE '\\'", &[]).await?
+        }
+    };
+    Ok(rows.iter().filter_map(|r| r.text("name")).collect())
+}
+
+/// Every table in the database carrying the toolkit's prefix.
+pub async fn list_tables(session: &mut Session) -> DbResult<Vec<String>> {
+    let rows = match session.dialect() {
+        Dialect::MySql => {
+            session
+                .query(
+                    "SELECT TABLE_NAME AS name FROM information_schema.TABLES \
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'feedsync\\_%'",
+                    &[],
+                )
+                .await?
+        }
+        Dialect::Sqlite => {
+            session.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'feedsync\\_%' ESCAPE '\\'", &[]).await?
+        }
+    };
+    Ok(rows.iter().filter_map(|r| r.text("name")).collect())
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct UninstallReport {
+    pub triggers_dropped: usize,
+    pub tables_dropped: usize,
+}
+
+/// Removes exactly what [`install`] added: every trigger and table named with [`PREFIX`].
+/// Triggers go first so no OpenMRS write fails on a missing journal table.
+pub async fn uninstall(session: &mut Session) -> DbResult<UninstallReport> {
+    let dialect = session.dialect();
+    let mut report = UninstallReport::default();
+    for name in list_triggers(session).await? {
+        session.execute_script(&drop_trigger_sql(dialect, &name)).await?;
+        report.triggers_dropped += 1;
+    }
+    for name in list_tables(session).await? {
+        session.execute_script(&format!("DROP TABLE IF EXISTS {}", quote_ident(dialect, &name))).await?;
+        report.tables_dropped += 1;
+    }
+    Ok(report)
+}
+
+/// Marks the session's following writes as applied from `origin` (a feed or peer name), so
+/// the local publisher can tell them from local changes. On SQLite call it inside the write
+/// transaction and call [`clear_origin`] before commit.
+pub async fn set_origin(session: &mut Session, origin: &str) -> DbResult<()> {
+    match session.dialect() {
+        Dialect::MySql => {
+            session.execute(&format!("SET {MYSQL_ORIGIN_VARIABLE} = ?"), &[origin.into()]).await?;
+        }
+        Dialect::Sqlite => {
+            session.execute(&format!("DELETE FROM {ORIGIN_TABLE}"), &[]).await?;
+            session.execute(&format!("INSERT INTO {ORIGIN_TABLE} (origin) VALUES (?)"), &[origin.into()]).await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn clear_origin(session: &mut Session) -> DbResult<()> {
+    match session.dialect() {
+        Dialect::MySql => session.execute(&format!("SET {MYSQL_ORIGIN_VARIABLE} = NULL"), &[]).await?,
+        Dialect::Sqlite => session.execute(&format!("DELETE FROM {ORIGIN_TABLE}"), &[]).await?,
+    };
+    Ok(())
+}
+
+/// Tables the model publishes that lack one of their triggers (e.g. a module installed after
+/// `feed-publisher install`): their changes are not being captured.
+pub async fn missing_triggers(session: &mut Session, model: &Model) -> DbResult<Vec<String>> {
+    let present = list_triggers(session).await?;
+    Ok(model
+        .snapshot_order
+        .iter()
+        .filter(|t| Operation::ALL.iter().any(|op| !present.contains(&trigger_name(t, *op))))
+        .cloned()
+        .collect())
+}
+
+/// Whether an identity rule is one a row can be found by (used by checks and reports).
+pub fn describe_identity(identity: &Identity) -> String {
+    match identity {
+        Identity::Uuid { column } => format!("uuid column {column}"),
+        Identity::TextKey { column } => format!("text key {column}"),
+        Identity::Parent { column, parent_table } => format!("same as its {parent_table} row (via {column})"),
+        Identity::Join { parts } => {
+            let names: Vec<String> = parts
+                .iter()
+                .map(|p| match &p.target_table {
+                    Some(t) => format!("{} -> {t}", p.column),
+                    None => p.column.clone(),
+                })
+                .collect();
+            format!("join of {}", names.join(" + "))
+        }
+    }
+}
+
+/// Values journaled for one change, as the publisher reads them back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalRow {
+    pub journal_id: i64,
+    pub table_name: String,
+    pub action: String,
+    pub entity_key: Option<String>,
+    pub row_key: Option<String>,
+    pub patient_uuid: Option<String>,
+    pub location_uuid: Option<String>,
+    pub origin: Option<String>,
+    pub changed_at: String,
+}
+
+impl JournalRow {
+    pub fn from_row(row: &crate::db::Row) -> JournalRow {
+        JournalRow {
+            journal_id: row.i64("journal_id").unwrap_or(0),
+            table_name: row.text("table_name").unwrap_or_default(),
+            action: row.text("action").unwrap_or_default(),
+            entity_key: row.text("entity_key"),
+            row_key: row.text("row_key"),
+            patient_uuid: row.text("patient_uuid"),
+            location_uuid: row.text("location_uuid"),
+            origin: row.text("origin"),
+            changed_at: row.text("changed_at").unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_names_fit_mysql() {
+        assert_eq!(trigger_name("obs", Operation::Insert), "feedsync_obs_ai");
+        let long = "a_module_table_with_a_really_long_name_that_goes_on_and_on_forever";
+        let a = trigger_name(long, Operation::Update);
+        let b = trigger_name(&format!("{long}_2"), Operation::Update);
+        assert!(a.len() <= 64 && b.len() <= 64);
+        assert_ne!(a, b);
+        assert!(a.starts_with(PREFIX) && a.ends_with("_au"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The schema as the live database reports it: tables, columns, primary keys and declared
+//! foreign keys, read from `information_schema` on MySQL/MariaDB and from pragmas on SQLite.
+//! This is the only place that asks a database about its structure.
+
+use std::collections::BTreeMap;
+
+use crate::db::{DbResult, Dialect, Session};
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Schema {
+    pub tables: BTreeMap<String, Table>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Table {
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Primary key columns in key order; empty when the table has none.
+    pub primary_key: Vec<String>,
+    pub foreign_keys: Vec<ForeignKey>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    pub name: String,
+    /// Lower-case base type without length, e.g. `int`, `varchar`, `datetime`.
+    pub data_type: String,
+    pub nullable: bool,
+}
+
+/// A single-column declared foreign key (OpenMRS declares no composite ones).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForeignKey {
+    pub column: String,
+    pub referenced_table: String,
+    pub referenced_column: String,
+}
+
+impl Table {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name))
+    }
+    pub fn has_column(&self, name: &str) -> bool {
+        self.column(name).is_some()
+    }
+}
+
+impl Column {
+    pub fn is_integer(&self) -> bool {
+        matches!(self.data_type.as_str(), "int" | "integer" | "bigint" | "smallint" | "mediumint" | "tinyint")
+    }
+}
+
+/// Normalizes a declared type (`int(11)`, `VARCHAR(255)`, `bigint unsigned`) to its base name.
+pub fn base_type(declared: &str) -> String {
+    let lower = declared.trim().to_ascii_lowercase();
+    let end = lower.find(|c: char| c == '(' || c == ' ').unwrap_or(lower.len());
+    lower[..end].to_owned()
+}
+
+/// Reads the schema of the database the session is connected to.
+pub async fn read_schema(session: &mut Session, schema_name: &str) -> DbResult<Schema> {
+    match session.dialect() {
+        Dialect::MySql => read_mysql(session, schema_name).await,
+        Dialect::Sqlite => read_sqlite(session).await,
+    }
+}
+
+async fn read_mysql(session: &mut Session, schema_name: &str) -> DbResult<Schema> {
+    let mut schema = Schema::default();
+    let rows = session
+        .query(
+            "SELECT c.TABLE_NAME AS table_name, c.COLUMN_NAME AS column_name, c.DATA_TYPE AS data_type, \
+             c.IS_NULLABLE AS is_nullable \
+             FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \
+               ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
+             WHERE c.TABLE_SCHEMA = ? AND t.TABLE_TYPE = 'BASE TABLE' \
+             ORDER BY c.TABLE_NAME, c.ORDINAL_POSITION",
+            &[schema_name.into()],
+        )
+        .await?;
+    for row in rows {
+        let table = row.text("table_name").unwrap_or_default();
+        let entry = schema.tables.entry(table.clone()).or_insert_with(|| Table { name: table, ..Table::default() });
+        entry.columns.push(Column {
+            name: row.text("column_name").unwrap_or_default(),
+            data_type: base_type(&row.text("data_type").unwrap_or_default()),
+            nullable: row.text("is_nullable").as_deref() == Some("YES"),
+        });
+    }
+    let keys = session
+        .query(
+            "SELECT TABLE_NAME AS table_name, COLUMN_NAME AS column_name, CONSTRAINT_NAME AS constraint_name, \
+             REFERENCED_TABLE_NAME AS referenced_table, REFERENCED_COLUMN_NAME AS referenced_column \
+             FROM information_schema.KEY_COLUMN_USAGE \
+             WHERE TABLE_SCHEMA = ? AND (CONSTRAINT_NAME = 'PRIMARY' OR REFERENCED_TABLE_NAME IS NOT NULL) \
+             ORDER BY TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION",
+            &[schema_name.into()],
+        )
+        .await?;
+    for row in keys {
+        let Some(table) = schema.tables.get_mut(&row.text("table_name").unwrap_or_default()) else { continue };
+        let column = row.text("column_name").unwrap_or_default();
+        match row.text("referenced_table") {
+            None => table.primary_key.push(column),
+            Some(referenced_table) => table.foreign_keys.push(ForeignKey {
+                column,
+                referenced_table,
+                referenced_column: row.text("referenced_column").unwrap_or_default(),
+            }),
+        }
+    }
+    Ok(schema)
+}
+
+async fn read_sqlite(session: &mut Session) -> DbResult<Schema> {
+    let mut schema = Schema::default();
+    let names = session
+        .query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name", &[])
+        .await?;
+    for name_row in names {
+        let name = name_row.text("name").unwrap_or_default();
+        let mut table = Table { name: name.clone(), ..Table::default() };
+        let mut pk: Vec<(i64, String)> = Vec::new();
+        for row in session.query("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?)", &[name.clone().into()]).await? {
+            let column = row.text("name").unwrap_or_default();
+            let key_position = row.i64("pk").unwrap_or(0);
+            if key_position > 0 {
+                pk.push((key_position, column.clone()));
+            }
+            table.columns.push(Column {
+                name: column,
+                data_type: base_type(&row.text("type").unwrap_or_default()),
+                nullable: row.i64("notnull") == Some(0) && key_position == 0,
+            });
+        }
+        pk.sort();
+        table.primary_key = pk.into_iter().map(|(_, c)| c).collect();
+        for row in session.query("SELECT \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?)", &[name.clone().into()]).await? {
+            let referenced_table = row.text("table").unwrap_or_default();
+            table.foreign_keys.push(ForeignKey {
+                column: row.text("from").unwrap_or_default(),
+                // A missing "to" means the referenced table's primary key; resolved below.
+                referenced_column: row.text("to").unwrap_or_default(),
+                referenced_table,
+            });
+        }
+        schema.tables.insert(name, table);
+    }
+    let primary_keys: BTreeMap<String, Vec<String>> =
+        schema.tables.iter().map(|(n, t)| (n.clone(), t.primary_key.clone())).collect();
+    for table in schema.tables.values_mut() {
+        for fk in &mut table.foreign_keys {
+            if fk.referenced_column.is_empty()
+                && let Some(pk) = primary_keys.get(&fk.referenced_table).and_then(|k| k.first())
+            {
+                fk.referenced_column = pk.clone();
+            }
+        }
+    }
+    Ok(schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_types() {
+        assert_eq!(base_type("int(11)"), "int");
+        assert_eq!(base_type("VARCHAR(255)"), "varchar");
+        assert_eq!(base_type("bigint unsigned"), "bigint");
+        assert_eq!(base_type("datetime"), "datetime");
+        assert_eq!(base_type(""), "");
+    }
+}
