@@ -7,5 +7,7 @@ pub mod db;
 pub mod model;
 pub mod mysql_dump;
 pub mod profile;
+pub mod resource;
 pub mod schema;
 pub mod testing;
+pub mod workload;

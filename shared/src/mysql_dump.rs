@@ -49,7 +49,10 @@ pub enum DumpError {
         "line {line}: statement not supported by the SQLite conversion (only CREATE TABLE and \
          INSERT are converted; DROP, LOCK, SET and the like are skipped): `{statement_start}`"
     )]
-    UnsupportedStatement { line: usize, statement_start: String },
+    UnsupportedStatement {
+        line: usize,
+        statement_start: String,
+    },
     #[error("line {line}: table `{table}`: expected {expected}, found {found}")]
     Syntax {
         line: usize,
@@ -120,7 +123,9 @@ pub enum DumpError {
     },
     #[error("line {line}: INSERT into `{table}`, which the dump has not created before this line")]
     InsertIntoUnknownTable { line: usize, table: String },
-    #[error("line {line}: table `{table}`: row {row_number} has {found} values, expected {expected}")]
+    #[error(
+        "line {line}: table `{table}`: row {row_number} has {found} values, expected {expected}"
+    )]
     RowWidthMismatch {
         line: usize,
         table: String,
@@ -149,11 +154,12 @@ pub fn convert_to_sqlite(dump: &str, options: &ConvertOptions) -> Result<String,
     let parsed = parse_dump(dump)?;
     let mut data_excluded = vec![false; parsed.tables.len()];
     for excluded in &options.data_tables_excluded {
-        let index = parsed
-            .table_index(excluded)
-            .ok_or_else(|| DumpError::ExcludedTableNotInDump {
-                table: excluded.clone(),
-            })?;
+        let index =
+            parsed
+                .table_index(excluded)
+                .ok_or_else(|| DumpError::ExcludedTableNotInDump {
+                    table: excluded.clone(),
+                })?;
         data_excluded[index] = true;
     }
     check_foreign_keys(&parsed.tables)?;
@@ -295,10 +301,7 @@ impl<'a> Lexer<'a> {
                 // MySQL reads `--` as a comment only when whitespace follows; `5--3` is
                 // arithmetic.
                 (Some(b'-'), Some(b'-'))
-                    if matches!(
-                        self.peek_byte(2),
-                        None | Some(b' ' | b'\t' | b'\r' | b'\n')
-                    ) =>
+                    if matches!(self.peek_byte(2), None | Some(b' ' | b'\t' | b'\r' | b'\n')) =>
                 {
                     self.skip_to_end_of_line()
                 }
@@ -432,7 +435,10 @@ impl<'a> Lexer<'a> {
         if matches!(self.peek_byte(0), Some(b'e' | b'E')) {
             let signed = matches!(self.peek_byte(1), Some(b'+' | b'-'));
             let digit_at = if signed { 2 } else { 1 };
-            if self.peek_byte(digit_at).is_some_and(|byte| byte.is_ascii_digit()) {
+            if self
+                .peek_byte(digit_at)
+                .is_some_and(|byte| byte.is_ascii_digit())
+            {
                 for _ in 0..digit_at {
                     self.advance_char();
                 }
@@ -444,7 +450,9 @@ impl<'a> Lexer<'a> {
             self.position = start;
             return Ok(self.word());
         }
-        Ok(TokenKind::Number(self.text[start..self.position].to_string()))
+        Ok(TokenKind::Number(
+            self.text[start..self.position].to_string(),
+        ))
     }
 
     fn word(&mut self) -> TokenKind {
@@ -481,7 +489,11 @@ impl<'a> Lexer<'a> {
                 Ok(TokenKind::Bits(digits))
             }
             // N'...' is a national-charset string: just a string here.
-            "n" | "N" => Ok(TokenKind::String(self.quoted('\'', "string literal", true)?)),
+            "n" | "N" => Ok(TokenKind::String(self.quoted(
+                '\'',
+                "string literal",
+                true,
+            )?)),
             // `_binary'...'` and other charset introducers: the parser pairs the word with
             // the string that follows.
             _ => Ok(TokenKind::Word(word.to_string())),
@@ -1127,8 +1139,7 @@ fn parse_column(cursor: &mut Cursor<'_>, table: &mut Table) -> Result<(), DumpEr
         enum_members,
     };
     while !cursor.at_end() {
-        if cursor.eat_word("UNSIGNED") || cursor.eat_word("SIGNED") || cursor.eat_word("ZEROFILL")
-        {
+        if cursor.eat_word("UNSIGNED") || cursor.eat_word("SIGNED") || cursor.eat_word("ZEROFILL") {
             // SQLite integers are all signed 64-bit and its type names take no modifiers
             // after the length; MySQL's range checks have no SQLite counterpart.
         } else if cursor.eat_word("BINARY") {
@@ -1200,7 +1211,10 @@ fn current_timestamp(cursor: &mut Cursor<'_>) -> Option<()> {
     }
     cursor.next();
     if cursor.eat_punct('(') {
-        if matches!(cursor.peek().map(|token| &token.kind), Some(TokenKind::Number(_))) {
+        if matches!(
+            cursor.peek().map(|token| &token.kind),
+            Some(TokenKind::Number(_))
+        ) {
             cursor.next();
         }
         if !cursor.eat_punct(')') {
@@ -1281,8 +1295,8 @@ fn sqlite_column_type(
     };
     let converted = match base {
         "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "double"
-        | "float" | "real" | "decimal" | "numeric" | "date" | "datetime" | "time"
-        | "timestamp" | "year" => (with_arguments(base)?, ValueKind::Other, None),
+        | "float" | "real" | "decimal" | "numeric" | "date" | "datetime" | "time" | "timestamp"
+        | "year" => (with_arguments(base)?, ValueKind::Other, None),
         "dec" | "fixed" => (with_arguments("decimal")?, ValueKind::Other, None),
         // MySQL writes BOOLEAN as tinyint(1) itself.
         "bool" | "boolean" if arguments.is_empty() => {
@@ -1476,12 +1490,13 @@ fn parse_insert(tokens: &[Token], parsed: &ParsedDump) -> Result<InsertBatch, Du
     cursor.eat_word("INTO");
     let name = cursor.table_name()?;
     cursor.table = name.clone();
-    let table_index = parsed
-        .table_index(&name)
-        .ok_or_else(|| DumpError::InsertIntoUnknownTable {
-            line,
-            table: name.clone(),
-        })?;
+    let table_index =
+        parsed
+            .table_index(&name)
+            .ok_or_else(|| DumpError::InsertIntoUnknownTable {
+                line,
+                table: name.clone(),
+            })?;
     let table = &parsed.tables[table_index];
     let (column_list, value_columns): (Option<Vec<String>>, Vec<usize>) =
         if cursor.peek_punct('(') {
@@ -1614,7 +1629,9 @@ fn parse_literal(cursor: &mut Cursor<'_>) -> Result<Literal, DumpError> {
             }
         }
         TokenKind::Punct(sign @ ('-' | '+')) => match cursor.next().map(|token| &token.kind) {
-            Some(TokenKind::Number(number)) if *sign == '-' => Literal::Number(format!("-{number}")),
+            Some(TokenKind::Number(number)) if *sign == '-' => {
+                Literal::Number(format!("-{number}"))
+            }
             Some(TokenKind::Number(number)) => Literal::Number(number.clone()),
             _ => {
                 cursor.position -= 1;
@@ -1668,7 +1685,11 @@ fn bits_to_integer(bits: &str) -> Result<String, String> {
 
 /// A `bit(n)` value MySQL dumped as a string holds the bits big-endian.
 fn bytes_to_integer(bytes: &[u8]) -> Result<String, String> {
-    let significant: Vec<u8> = bytes.iter().copied().skip_while(|&byte| byte == 0).collect();
+    let significant: Vec<u8> = bytes
+        .iter()
+        .copied()
+        .skip_while(|&byte| byte == 0)
+        .collect();
     if significant.len() > 8 || (significant.len() == 8 && significant[0] >= 0x80) {
         return Err(format!(
             "{} does not fit a 64-bit signed integer",
@@ -1845,7 +1866,8 @@ fn render(
     // counter above every id in the table, so this never lowers SQLite's.
     let mut wrote_sequence_heading = false;
     for (table, excluded) in parsed.tables.iter().zip(data_excluded) {
-        let (Some(next), Some(_), false) = (table.auto_increment_next, table.rowid_column(), *excluded)
+        let (Some(next), Some(_), false) =
+            (table.auto_increment_next, table.rowid_column(), *excluded)
         else {
             continue;
         };
@@ -1896,7 +1918,10 @@ fn render_table(out: &mut String, table: &Table, index_names: &[String]) {
         definitions.push(definition);
     }
     if rowid_column.is_none() && !table.primary_key.is_empty() {
-        definitions.push(format!("  PRIMARY KEY ({})", quote_list(&table.primary_key)));
+        definitions.push(format!(
+            "  PRIMARY KEY ({})",
+            quote_list(&table.primary_key)
+        ));
     }
     for foreign_key in &table.foreign_keys {
         let mut definition = String::from("  ");
@@ -1951,4 +1976,930 @@ fn render_table(out: &mut String, table: &Table, index_names: &[String]) {
 fn quote_list(names: &[String]) -> String {
     let quoted: Vec<String> = names.iter().map(|name| quote_identifier(name)).collect();
     quoted.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use rusqlite::Connection;
+
+    use super::*;
+
+    fn tokens(text: &str) -> Vec<TokenKind> {
+        let mut lexer = Lexer::new(text);
+        let mut kinds = Vec::new();
+        while let Some(token) = lexer.next_token().unwrap_or_else(|error| panic!("{error}")) {
+            kinds.push(token.kind);
+        }
+        kinds
+    }
+
+    fn statements(text: &str) -> Vec<Vec<TokenKind>> {
+        let mut lexer = Lexer::new(text);
+        let mut statements = Vec::new();
+        while let Some(tokens) = lexer
+            .next_statement()
+            .unwrap_or_else(|error| panic!("{error}"))
+        {
+            statements.push(tokens.into_iter().map(|token| token.kind).collect());
+        }
+        statements
+    }
+
+    fn string(text: &str) -> TokenKind {
+        TokenKind::String(text.to_string())
+    }
+
+    fn word(text: &str) -> TokenKind {
+        TokenKind::Word(text.to_string())
+    }
+
+    /// The converted script between the preamble and COMMIT: what the snapshot tests compare.
+    fn body(dump: &str) -> String {
+        let script = convert_to_sqlite(dump, &ConvertOptions::default())
+            .unwrap_or_else(|error| panic!("{error}"));
+        let preamble = "PRAGMA defer_foreign_keys = ON;\n";
+        let start = script.find(preamble).expect("preamble") + preamble.len();
+        let end = script.rfind("\nCOMMIT;\n").expect("COMMIT");
+        script[start..end].trim().to_string()
+    }
+
+    fn convert_error(dump: &str) -> DumpError {
+        match convert_to_sqlite(dump, &ConvertOptions::default()) {
+            Ok(script) => panic!("expected an error, got:\n{script}"),
+            Err(error) => error,
+        }
+    }
+
+    /// Loads `script` with foreign keys enforced, as the toolkit's SQLite backend runs.
+    fn load(script: &str) -> Connection {
+        let connection = Connection::open_in_memory().expect("in-memory database");
+        connection
+            .execute_batch("PRAGMA foreign_keys = ON;")
+            .expect("enable foreign keys");
+        connection
+            .execute_batch(script)
+            .unwrap_or_else(|error| panic!("script does not load: {error}"));
+        connection
+    }
+
+    fn query_strings(connection: &Connection, sql: &str) -> Vec<Vec<String>> {
+        let mut statement = connection.prepare(sql).expect(sql);
+        let column_count = statement.column_count();
+        let rows = statement
+            .query_map([], |row| {
+                (0..column_count)
+                    .map(|index| {
+                        let value: rusqlite::types::Value = row.get(index)?;
+                        Ok(match value {
+                            rusqlite::types::Value::Null => "NULL".to_string(),
+                            rusqlite::types::Value::Integer(number) => number.to_string(),
+                            rusqlite::types::Value::Real(number) => number.to_string(),
+                            rusqlite::types::Value::Text(text) => text,
+                            rusqlite::types::Value::Blob(bytes) => blob_literal(&bytes),
+                        })
+                    })
+                    .collect::<Result<Vec<String>, rusqlite::Error>>()
+            })
+            .expect(sql);
+        rows.map(|row| row.expect(sql)).collect()
+    }
+
+    fn count(connection: &Connection, sql: &str) -> i64 {
+        connection.query_row(sql, [], |row| row.get(0)).expect(sql)
+    }
+
+    // --- tokenizer -------------------------------------------------------------------------
+
+    #[test]
+    fn string_escapes_resolve_like_mysql() {
+        assert_eq!(
+            tokens(r#"'a\'b\"c\\d\ne\rf\tg\0h\Zi''j\%k\_l\qm'"#),
+            vec![string("a'b\"c\\d\ne\rf\tg\0h\u{1a}i'j\\%k\\_lqm")]
+        );
+        assert_eq!(
+            tokens(r#""say ""hi"" \'x\'""#),
+            vec![string("say \"hi\" 'x'")]
+        );
+        assert_eq!(
+            tokens("'caf\u{e9} \\\u{e9}'"),
+            vec![string("caf\u{e9} \u{e9}")]
+        );
+        assert_eq!(
+            tokens("`odd``name`"),
+            vec![TokenKind::QuotedIdentifier("odd`name".into())]
+        );
+    }
+
+    #[test]
+    fn statements_split_only_outside_literals_and_comments() {
+        let split = statements(
+            "INSERT INTO `t` VALUES ('a;b'),('c),(d'),(\"e;\");\n\
+             -- a comment; with a semicolon\n\
+             # another; one\n\
+             /* block; comment */ /*!40101 SET NAMES utf8 */;\n\
+             SET x = 1;",
+        );
+        assert_eq!(split.len(), 3, "{split:?}");
+        let strings: Vec<&TokenKind> = split[0]
+            .iter()
+            .filter(|kind| matches!(kind, TokenKind::String(_)))
+            .collect();
+        assert_eq!(
+            strings,
+            vec![&string("a;b"), &string("c),(d"), &string("e;")]
+        );
+        assert_eq!(
+            split[1],
+            Vec::<TokenKind>::new(),
+            "a conditional comment is skipped"
+        );
+        assert_eq!(split[2][0], word("SET"));
+    }
+
+    #[test]
+    fn literals_of_every_kind_tokenize() {
+        assert_eq!(
+            tokens("0x0aFF X'00ff' 0xABC b'101' 0b11 -1.5e3 42 3. _binary'ab' 12abc 0xZZ 5--3"),
+            vec![
+                TokenKind::Hex(vec![0x0a, 0xff]),
+                TokenKind::Hex(vec![0x00, 0xff]),
+                TokenKind::Hex(vec![0x0a, 0xbc]),
+                TokenKind::Bits("101".into()),
+                TokenKind::Bits("11".into()),
+                TokenKind::Punct('-'),
+                TokenKind::Number("1.5e3".into()),
+                TokenKind::Number("42".into()),
+                TokenKind::Number("3.".into()),
+                word("_binary"),
+                string("ab"),
+                word("12abc"),
+                word("0xZZ"),
+                TokenKind::Number("5".into()),
+                TokenKind::Punct('-'),
+                TokenKind::Punct('-'),
+                TokenKind::Number("3".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn unterminated_literals_name_the_line_they_start_on() {
+        let error = convert_error("SET a = 1;\n\nINSERT INTO `t` VALUES ('never closed);\n");
+        assert_eq!(
+            error,
+            DumpError::Unterminated {
+                line: 3,
+                what: "string literal"
+            }
+        );
+        assert!(
+            error.to_string().starts_with("line 3: string literal"),
+            "{error}"
+        );
+        assert_eq!(
+            convert_error("/* open"),
+            DumpError::Unterminated {
+                line: 1,
+                what: "/* comment"
+            }
+        );
+        assert_eq!(
+            convert_error("X'abc'"),
+            DumpError::InvalidLiteral {
+                line: 1,
+                literal: "X'abc'".into(),
+                reason: "odd number of hex digits"
+            }
+        );
+    }
+
+    // --- schema ----------------------------------------------------------------------------
+
+    #[test]
+    fn column_types_keep_their_mysql_names_where_sqlite_reads_them_alike() {
+        let cases = [
+            ("`a` int(11) NOT NULL", r#""a" int(11) NOT NULL"#),
+            (
+                "`a` bigint(20) unsigned DEFAULT NULL",
+                r#""a" bigint(20) DEFAULT NULL"#,
+            ),
+            (
+                "`a` tinyint(1) NOT NULL DEFAULT '0'",
+                r#""a" tinyint(1) NOT NULL DEFAULT '0'"#,
+            ),
+            (
+                "`a` smallint(6) NOT NULL DEFAULT '0'",
+                r#""a" smallint(6) NOT NULL DEFAULT '0'"#,
+            ),
+            ("`a` double DEFAULT NULL", r#""a" double DEFAULT NULL"#),
+            ("`a` double DEFAULT -1.5", r#""a" double DEFAULT -1.5"#),
+            ("`a` float NOT NULL", r#""a" float NOT NULL"#),
+            (
+                "`a` decimal(10,2) DEFAULT '0.00'",
+                r#""a" decimal(10,2) DEFAULT '0.00'"#,
+            ),
+            (
+                "`a` varchar(255) CHARACTER SET utf8 COLLATE utf8_bin NOT NULL DEFAULT ''",
+                r#""a" varchar(255) NOT NULL DEFAULT ''"#,
+            ),
+            ("`a` char(38) NOT NULL", r#""a" char(38) NOT NULL"#),
+            ("`a` text", r#""a" text"#),
+            ("`a` mediumtext NOT NULL", r#""a" mediumtext NOT NULL"#),
+            ("`a` longtext", r#""a" longtext"#),
+            ("`a` blob", r#""a" blob"#),
+            ("`a` mediumblob", r#""a" mediumblob"#),
+            ("`a` longblob NOT NULL", r#""a" longblob NOT NULL"#),
+            (
+                "`a` varbinary(16) DEFAULT NULL",
+                r#""a" varbinary(16) DEFAULT NULL"#,
+            ),
+            (
+                "`a` datetime NOT NULL DEFAULT '2005-01-01 00:00:00'",
+                r#""a" datetime NOT NULL DEFAULT '2005-01-01 00:00:00'"#,
+            ),
+            (
+                "`a` datetime(6) DEFAULT NULL",
+                r#""a" datetime(6) DEFAULT NULL"#,
+            ),
+            ("`a` date DEFAULT NULL", r#""a" date DEFAULT NULL"#),
+            ("`a` time DEFAULT NULL", r#""a" time DEFAULT NULL"#),
+            (
+                "`a` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP",
+                r#""a" timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP"#,
+            ),
+            (
+                "`a` bit(1) NOT NULL DEFAULT b'0'",
+                r#""a" bit(1) NOT NULL DEFAULT 0"#,
+            ),
+            ("`a` bit(1) DEFAULT b'1'", r#""a" bit(1) DEFAULT 1"#),
+            (
+                "`a` enum('x','y''z') NOT NULL DEFAULT 'x'",
+                r#""a" text NOT NULL DEFAULT 'x' CHECK ("a" IN ('x','y''z'))"#,
+            ),
+            ("`a` set('p','q') DEFAULT NULL", r#""a" text DEFAULT NULL"#),
+            (
+                "`a` int(11) DEFAULT NULL COMMENT 'why; not'",
+                r#""a" int(11) DEFAULT NULL"#,
+            ),
+        ];
+        for (mysql, sqlite) in cases {
+            let dump =
+                format!("CREATE TABLE `t` (\n  {mysql}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8;");
+            assert_eq!(
+                body(&dump),
+                format!("CREATE TABLE \"t\" (\n  {sqlite}\n);"),
+                "for {mysql}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_type_without_conversion_is_named_with_its_table_and_column() {
+        let error = convert_error("\nCREATE TABLE `places` (\n  `shape` geometry NOT NULL\n);");
+        assert_eq!(
+            error,
+            DumpError::UnsupportedColumnType {
+                line: 3,
+                table: "places".into(),
+                column: "shape".into(),
+                mysql_type: "geometry".into()
+            }
+        );
+    }
+
+    #[test]
+    fn keys_become_indexes_and_foreign_keys_stay_on_the_table() {
+        let dump = "CREATE TABLE `person` (
+  `person_id` int(11) NOT NULL AUTO_INCREMENT,
+  `uuid` char(38) NOT NULL,
+  PRIMARY KEY (`person_id`),
+  UNIQUE KEY `person_uuid` (`uuid`)
+) ENGINE=InnoDB AUTO_INCREMENT=5 DEFAULT CHARSET=utf8;
+CREATE TABLE `person_name` (
+  `person_name_id` int(11) NOT NULL AUTO_INCREMENT,
+  `person_id` int(11) NOT NULL,
+  `given_name` varchar(255) DEFAULT NULL,
+  `family_name` varchar(255) DEFAULT NULL,
+  PRIMARY KEY (`person_name_id`) USING BTREE,
+  KEY `name_for_patient` (`person_id`),
+  KEY `family_name` (`family_name`(50),`given_name` DESC),
+  CONSTRAINT `name for person` FOREIGN KEY (`person_id`) REFERENCES `person` (`person_id`) ON DELETE CASCADE ON UPDATE CASCADE
+) ENGINE=InnoDB DEFAULT CHARSET=utf8;";
+        assert_eq!(
+            body(dump),
+            r#"CREATE TABLE "person" (
+  "person_id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+  "uuid" char(38) NOT NULL
+);
+CREATE UNIQUE INDEX "person_uuid" ON "person" ("uuid");
+
+CREATE TABLE "person_name" (
+  "person_name_id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+  "person_id" int(11) NOT NULL,
+  "given_name" varchar(255) DEFAULT NULL,
+  "family_name" varchar(255) DEFAULT NULL,
+  CONSTRAINT "name for person" FOREIGN KEY ("person_id") REFERENCES "person" ("person_id") ON DELETE CASCADE ON UPDATE CASCADE
+);
+CREATE INDEX "name_for_patient" ON "person_name" ("person_id");
+CREATE INDEX "family_name" ON "person_name" ("family_name", "given_name" DESC);
+
+-- Auto-increment counters, from the tables' AUTO_INCREMENT=n
+DELETE FROM sqlite_sequence WHERE name = 'person';
+INSERT INTO sqlite_sequence (name, seq) VALUES ('person', 4);"#
+        );
+        let connection = load(&convert_to_sqlite(dump, &ConvertOptions::default()).unwrap());
+        connection
+            .execute("INSERT INTO person (uuid) VALUES ('u')", [])
+            .unwrap();
+        assert_eq!(
+            count(&connection, "SELECT person_id FROM person"),
+            5,
+            "ids continue from MySQL's AUTO_INCREMENT counter"
+        );
+        let foreign_keys = query_strings(
+            &connection,
+            "SELECT \"table\", \"from\", \"to\", on_update, on_delete FROM pragma_foreign_key_list('person_name')",
+        );
+        assert_eq!(
+            foreign_keys,
+            vec![vec![
+                "person",
+                "person_id",
+                "person_id",
+                "CASCADE",
+                "CASCADE"
+            ]]
+        );
+    }
+
+    #[test]
+    fn composite_primary_keys_stay_table_level() {
+        let dump =
+            "CREATE TABLE `role` (`role` varchar(50) NOT NULL DEFAULT '', PRIMARY KEY (`role`));
+CREATE TABLE `role_role` (
+  `parent_role` varchar(50) NOT NULL DEFAULT '',
+  `child_role` varchar(255) NOT NULL DEFAULT '',
+  `ordinal` int(11) NOT NULL,
+  PRIMARY KEY (`parent_role`,`child_role`),
+  CONSTRAINT `parent_role` FOREIGN KEY (`parent_role`) REFERENCES `role` (`role`)
+);
+CREATE TABLE `patient` (
+  `patient_id` int(11) NOT NULL,
+  PRIMARY KEY (`patient_id`)
+);";
+        assert_eq!(
+            body(dump),
+            r#"CREATE TABLE "role" (
+  "role" varchar(50) NOT NULL DEFAULT '',
+  PRIMARY KEY ("role")
+);
+
+CREATE TABLE "role_role" (
+  "parent_role" varchar(50) NOT NULL DEFAULT '',
+  "child_role" varchar(255) NOT NULL DEFAULT '',
+  "ordinal" int(11) NOT NULL,
+  PRIMARY KEY ("parent_role", "child_role"),
+  CONSTRAINT "parent_role" FOREIGN KEY ("parent_role") REFERENCES "role" ("role")
+);
+
+CREATE TABLE "patient" (
+  "patient_id" int(11) NOT NULL,
+  PRIMARY KEY ("patient_id")
+);"#
+        );
+        let connection = load(&convert_to_sqlite(dump, &ConvertOptions::default()).unwrap());
+        let primary_key = query_strings(
+            &connection,
+            "SELECT name, pk FROM pragma_table_info('role_role') WHERE pk > 0 ORDER BY pk",
+        );
+        assert_eq!(
+            primary_key,
+            vec![vec!["parent_role", "1"], vec!["child_role", "2"]]
+        );
+    }
+
+    #[test]
+    fn index_names_shared_across_tables_get_the_table_prefix() {
+        let dump = "CREATE TABLE `a` (`uuid` char(38), `name` text, UNIQUE KEY `uuid` (`uuid`), KEY `only_here` (`name`));
+CREATE TABLE `b` (`uuid` char(38), `a_uuid` char(38), UNIQUE KEY `uuid` (`uuid`), KEY `a_uuid` (`a_uuid`), KEY `a` (`uuid`));";
+        let converted = body(dump);
+        let indexes: Vec<&str> = converted
+            .lines()
+            .filter(|line| line.starts_with("CREATE") && line.contains("INDEX"))
+            .collect();
+        assert_eq!(
+            indexes,
+            vec![
+                r#"CREATE UNIQUE INDEX "a_uuid_2" ON "a" ("uuid");"#,
+                r#"CREATE INDEX "only_here" ON "a" ("name");"#,
+                r#"CREATE UNIQUE INDEX "b_uuid" ON "b" ("uuid");"#,
+                r#"CREATE INDEX "a_uuid" ON "b" ("a_uuid");"#,
+                r#"CREATE INDEX "b_a" ON "b" ("uuid");"#,
+            ],
+            "`a_uuid` is b's own key name, so a's prefixed `uuid` steps aside; `a` is a table"
+        );
+        load(&convert_to_sqlite(dump, &ConvertOptions::default()).unwrap());
+    }
+
+    #[test]
+    fn schema_errors_name_the_table_and_line() {
+        assert_eq!(
+            convert_error(
+                "CREATE TABLE `t` (\n  `a` int NOT NULL AUTO_INCREMENT,\n  `b` int NOT NULL,\n  PRIMARY KEY (`a`,`b`)\n);"
+            ),
+            DumpError::AutoIncrementNotSolePrimaryKey {
+                line: 1,
+                table: "t".into(),
+                column: "a".into()
+            }
+        );
+        assert_eq!(
+            convert_error(
+                "CREATE TABLE `p` (`code` int);\nCREATE TABLE `c` (\n  `code` int,\n  CONSTRAINT `c_p` FOREIGN KEY (`code`) REFERENCES `p` (`code`)\n);"
+            ),
+            DumpError::ForeignKeyToNonUniqueColumns {
+                line: 4,
+                table: "c".into(),
+                constraint: "c_p".into(),
+                referenced_table: "p".into()
+            }
+        );
+        assert_eq!(
+            convert_error(
+                "CREATE TABLE `c` (`x` int, CONSTRAINT `c_q` FOREIGN KEY (`x`) REFERENCES `q` (`x`));"
+            ),
+            DumpError::ForeignKeyToUnknownTable {
+                line: 1,
+                table: "c".into(),
+                constraint: "c_q".into(),
+                referenced_table: "q".into()
+            }
+        );
+        assert_eq!(
+            convert_error("CREATE TABLE `t` (`a` int, KEY `k` (`missing`));"),
+            DumpError::UnknownColumn {
+                line: 1,
+                table: "t".into(),
+                column: "missing".into(),
+                column_table: "t".into()
+            }
+        );
+        assert_eq!(
+            convert_error("CREATE TABLE `t` (`a` int);\nCREATE TABLE `T` (`a` int);"),
+            DumpError::DuplicateTable {
+                line: 2,
+                table: "T".into()
+            }
+        );
+        let error =
+            convert_error("CREATE TABLE `t` (\n  `a` int NOT NULL,\n  `b` int NOT BOGUS\n);");
+        assert_eq!(
+            error.to_string(),
+            "line 3: table `t`: expected NULL, found `BOGUS`"
+        );
+        assert_eq!(
+            convert_error("SET x = 1;\nDELIMITER ;;\n"),
+            DumpError::UnsupportedStatement {
+                line: 2,
+                statement_start: "DELIMITER".into()
+            }
+        );
+    }
+
+    #[test]
+    fn session_statements_of_a_dump_are_skipped() {
+        let dump = "/*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */;
+DROP TABLE IF EXISTS `t`;
+/*!40101 SET @saved_cs_client     = @@character_set_client */;
+CREATE TABLE `t` (`a` int(11) NOT NULL);
+LOCK TABLES `t` WRITE;
+/*!40000 ALTER TABLE `t` DISABLE KEYS */;
+ALTER TABLE `t` DISABLE KEYS;
+INSERT INTO `t` VALUES (1);
+UNLOCK TABLES;
+SET TIME_ZONE=@OLD_TIME_ZONE;
+USE `openmrs`;
+";
+        assert_eq!(
+            body(dump),
+            "CREATE TABLE \"t\" (\n  \"a\" int(11) NOT NULL\n);\n\n-- Rows\nINSERT INTO \"t\" VALUES (1);"
+        );
+    }
+
+    // --- rows ------------------------------------------------------------------------------
+
+    #[test]
+    fn row_values_convert_to_sqlite_literals_and_read_back_unchanged() {
+        let dump = r#"CREATE TABLE `v` (
+  `id` int(11) NOT NULL AUTO_INCREMENT,
+  `text` text,
+  `number` double DEFAULT NULL,
+  `flag` bit(1) DEFAULT NULL,
+  `data` blob,
+  `voided` tinyint(1) NOT NULL DEFAULT '1',
+  PRIMARY KEY (`id`)
+);
+INSERT INTO `v` VALUES (1,'it\'s; a ),( test\\ \"q\"\n\r\t','-1.5',b'1',0x00FF10,0),(2,'nul\0 and \Z','2',_binary '\0',_binary 'ab',1),(3,NULL,-3e2,0x01,"dq",1);
+INSERT INTO `v` (`id`, `text`) VALUES (4,'x'),(5,0x41);
+"#;
+        let converted = body(dump);
+        let rows = &converted[converted.find("INSERT").expect("rows")..];
+        assert_eq!(
+            rows,
+            "INSERT INTO \"v\" VALUES (1,'it''s; a ),( test\\ \"q\"\n\r\t','-1.5',1,X'00FF10',0);\n\
+             INSERT INTO \"v\" VALUES (2,CAST(X'6E756C0020616E64201A' AS TEXT),'2',0,X'6162',1);\n\
+             INSERT INTO \"v\" VALUES (3,NULL,-3e2,1,X'6471',1);\n\
+             INSERT INTO \"v\" (\"id\",\"text\") VALUES (4,'x');\n\
+             INSERT INTO \"v\" (\"id\",\"text\") VALUES (5,'A');"
+        );
+        let connection = load(&convert_to_sqlite(dump, &ConvertOptions::default()).unwrap());
+        let read = query_strings(
+            &connection,
+            "SELECT id, text, typeof(number), number, flag, data, typeof(voided), voided FROM v ORDER BY id",
+        );
+        assert_eq!(
+            read,
+            vec![
+                vec![
+                    "1",
+                    "it's; a ),( test\\ \"q\"\n\r\t",
+                    "real",
+                    "-1.5",
+                    "1",
+                    "X'00FF10'",
+                    "integer",
+                    "0"
+                ],
+                vec![
+                    "2",
+                    "nul\0 and \u{1a}",
+                    "real",
+                    "2",
+                    "0",
+                    "X'6162'",
+                    "integer",
+                    "1"
+                ],
+                vec!["3", "NULL", "real", "-300", "1", "X'6471'", "integer", "1"],
+                vec!["4", "x", "null", "NULL", "NULL", "NULL", "integer", "1"],
+                vec!["5", "A", "null", "NULL", "NULL", "NULL", "integer", "1"],
+            ],
+            "a quoted '1' default on tinyint(1) is stored as an integer by affinity"
+        );
+    }
+
+    #[test]
+    fn row_errors_name_the_table_and_line() {
+        let schema = "CREATE TABLE `t` (`a` int, `b` int);\n";
+        assert_eq!(
+            convert_error(&format!("{schema}INSERT INTO `t` VALUES (1,2),\n(3);")),
+            DumpError::RowWidthMismatch {
+                line: 3,
+                table: "t".into(),
+                row_number: 2,
+                found: 1,
+                expected: 2
+            }
+        );
+        assert_eq!(
+            convert_error(&format!("{schema}INSERT INTO `t` VALUES (1,2,3);")),
+            DumpError::RowWidthMismatch {
+                line: 2,
+                table: "t".into(),
+                row_number: 1,
+                found: 3,
+                expected: 2
+            }
+        );
+        assert_eq!(
+            convert_error("INSERT INTO `nowhere` VALUES (1);"),
+            DumpError::InsertIntoUnknownTable {
+                line: 1,
+                table: "nowhere".into()
+            }
+        );
+        let error = convert_error(&format!("{schema}INSERT INTO `t` VALUES (1,now());"));
+        assert_eq!(
+            error.to_string(),
+            "line 2: table `t`: expected a value, found `now`"
+        );
+    }
+
+    #[test]
+    fn excluded_tables_keep_their_schema_but_not_their_rows() {
+        let dump = "CREATE TABLE `kept` (`a` int);\nCREATE TABLE `liquibasechangelog` (`id` varchar(255));\n\
+                    INSERT INTO `kept` VALUES (1);\nINSERT INTO `liquibasechangelog` VALUES ('x');";
+        let options = ConvertOptions {
+            data_tables_excluded: vec!["liquibasechangelog".into()],
+            header_lines: vec!["From a test.".into()],
+        };
+        let script = convert_to_sqlite(dump, &options).unwrap();
+        assert!(script.contains("CREATE TABLE \"liquibasechangelog\""));
+        assert!(script.contains("INSERT INTO \"kept\" VALUES (1);"));
+        assert!(!script.contains("VALUES ('x')"), "{script}");
+        assert!(script.contains("\n-- From a test.\n"));
+        assert!(script.contains("1 rows (rows of liquibasechangelog left out)."));
+        assert_eq!(
+            convert_to_sqlite(
+                dump,
+                &ConvertOptions {
+                    data_tables_excluded: vec!["liquibasechangelgo".into()],
+                    header_lines: Vec::new(),
+                }
+            ),
+            Err(DumpError::ExcludedTableNotInDump {
+                table: "liquibasechangelgo".into()
+            })
+        );
+    }
+
+    // --- the real OpenMRS dumps ------------------------------------------------------------
+
+    /// Where the OpenMRS dumps live: beside the repository, never inside it.
+    fn dump_path(file_name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/openmrs")
+            .join(file_name)
+    }
+
+    /// The dump's text, or `None` (with a note on stderr) when it is absent outside CI.
+    fn read_dump(file_name: &str) -> Option<String> {
+        let path = dump_path(file_name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!(
+                        "{} not found; CI must provide the OpenMRS dumps",
+                        path.display()
+                    );
+                }
+                eprintln!("skipped: {} not found", path.display());
+                None
+            }
+            Err(error) => panic!("cannot read {}: {error}", path.display()),
+        }
+    }
+
+    const SHIPPED_SCHEMA_PATH: &str = "schema/openmrs-2.5.sqlite.sql";
+
+    fn shipped_options() -> ConvertOptions {
+        ConvertOptions {
+            data_tables_excluded: LIQUIBASE_TABLES.iter().map(|name| name.to_string()).collect(),
+            header_lines: vec![
+                "Source: the OpenMRS 2.5 dump with the FHIR2 module (openmrs-2.5-fhir2.sql, from".into(),
+                "mekomsolutions/openmrs-dbsync demo/openmrs.sql at c9313f4d), kept outside the repository."
+                    .into(),
+                "Regenerate: FEEDSYNC_REGENERATE=1 cargo test -p feedsync-shared mysql_dump".into(),
+            ],
+        }
+    }
+
+    /// `PRAGMA foreign_key_check` over the whole database, one line per violation.
+    fn foreign_key_violations(connection: &Connection) -> Vec<String> {
+        query_strings(connection, "PRAGMA foreign_key_check")
+            .into_iter()
+            .map(|row| {
+                format!(
+                    "{} rowid {} -> {} (constraint #{})",
+                    row[0], row[1], row[2], row[3]
+                )
+            })
+            .collect()
+    }
+
+    /// Loads `script` twice: without enforcement, to list every violating row in the failure
+    /// message, then with enforcement, as the toolkit would.
+    fn load_checking_foreign_keys(script: &str) -> Connection {
+        let unchecked = Connection::open_in_memory().expect("in-memory database");
+        unchecked
+            .execute_batch(script)
+            .unwrap_or_else(|error| panic!("script does not load: {error}"));
+        let violations = foreign_key_violations(&unchecked);
+        assert!(
+            violations.is_empty(),
+            "rows violate foreign keys:\n{}",
+            violations.join("\n")
+        );
+        let connection = load(script);
+        assert_eq!(foreign_key_violations(&connection), Vec::<String>::new());
+        connection
+    }
+
+    fn user_table_count(connection: &Connection) -> i64 {
+        count(
+            connection,
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )
+    }
+
+    /// Every table's row count equals `expected` (tables not listed are empty).
+    fn assert_row_counts(connection: &Connection, expected: &[(&str, i64)]) {
+        let tables = query_strings(
+            connection,
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        );
+        for table in tables {
+            let name = &table[0];
+            let want = expected
+                .iter()
+                .find(|(table, _)| table == name)
+                .map_or(0, |(_, rows)| *rows);
+            let have = count(
+                connection,
+                &format!("SELECT count(*) FROM {}", quote_identifier(name)),
+            );
+            assert_eq!(have, want, "rows in {name}");
+        }
+    }
+
+    /// Row counts of the 2.5 dump, counted by loading it into MariaDB 10.11.
+    const OPENMRS_2_5_ROWS: [(&str, i64); 27] = [
+        ("care_setting", 2),
+        ("concept", 2),
+        ("concept_class", 16),
+        ("concept_datatype", 12),
+        ("concept_map_type", 70),
+        ("concept_name", 20),
+        ("concept_stop_word", 10),
+        ("encounter_role", 1),
+        ("fhir_observation_category_map", 3),
+        ("field_type", 5),
+        ("global_property", 200),
+        ("hl7_source", 1),
+        ("liquibasechangelog", 1186),
+        ("liquibasechangeloglock", 1),
+        ("location", 1),
+        ("order_type", 2),
+        ("patient_identifier_type", 2),
+        ("person", 1),
+        ("person_attribute_type", 7),
+        ("person_name", 1),
+        ("privilege", 213),
+        ("relationship_type", 4),
+        ("role", 4),
+        ("role_privilege", 27),
+        ("scheduler_task_config", 1),
+        ("users", 2),
+        ("user_role", 2),
+    ];
+
+    #[test]
+    fn openmrs_2_5_dump_loads_into_sqlite() {
+        let Some(dump) = read_dump("openmrs-2.5-fhir2.sql") else {
+            return;
+        };
+        let script =
+            convert_to_sqlite(&dump, &shipped_options()).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(
+            script,
+            convert_to_sqlite(&dump, &shipped_options()).unwrap(),
+            "conversion is deterministic"
+        );
+        let connection = load_checking_foreign_keys(&script);
+        assert_eq!(user_table_count(&connection), 128);
+        let shipped_rows: Vec<(&str, i64)> = OPENMRS_2_5_ROWS
+            .iter()
+            .copied()
+            .filter(|(table, _)| !LIQUIBASE_TABLES.contains(table))
+            .collect();
+        assert_row_counts(&connection, &shipped_rows);
+        assert_eq!(
+            count(&connection, "SELECT count(*) FROM global_property"),
+            200
+        );
+        assert_eq!(count(&connection, "SELECT count(*) FROM users"), 2);
+
+        let obs_foreign_keys = query_strings(
+            &connection,
+            "SELECT \"table\", \"from\", \"to\" FROM pragma_foreign_key_list('obs')",
+        );
+        for expected in [
+            ["person", "person_id", "person_id"],
+            ["encounter", "encounter_id", "encounter_id"],
+        ] {
+            assert!(
+                obs_foreign_keys.iter().any(|row| row == &expected),
+                "obs lacks foreign key {expected:?}: {obs_foreign_keys:?}"
+            );
+        }
+        let obs_types = query_strings(
+            &connection,
+            "SELECT name, type, \"notnull\" FROM pragma_table_info('obs') \
+             WHERE name IN ('obs_id', 'person_id', 'value_numeric', 'uuid', 'voided', 'obs_datetime') ORDER BY cid",
+        );
+        assert_eq!(
+            obs_types,
+            vec![
+                vec!["obs_id", "INTEGER", "1"],
+                vec!["person_id", "int(11)", "1"],
+                vec!["obs_datetime", "datetime", "1"],
+                vec!["value_numeric", "double", "0"],
+                vec!["voided", "tinyint(1)", "1"],
+                vec!["uuid", "char(38)", "1"],
+            ]
+        );
+
+        // This value holds \n, \\n and \" escapes; its digest comes from MariaDB's SHA2().
+        let address_format: String = connection
+            .query_row(
+                "SELECT property_value FROM global_property WHERE property = 'layout.address.format'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(address_format.len(), 1098);
+        let digest: String = Sha256::digest(address_format.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        assert_eq!(
+            digest,
+            "fc478ab4396350222bbcb8a2d031620a797176b81854d0cf75d734d6e1500c12"
+        );
+    }
+
+    #[test]
+    fn openmrs_2_5_shipped_schema_is_up_to_date() {
+        let Some(dump) = read_dump("openmrs-2.5-fhir2.sql") else {
+            return;
+        };
+        let script =
+            convert_to_sqlite(&dump, &shipped_options()).unwrap_or_else(|error| panic!("{error}"));
+        let shipped_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED_SCHEMA_PATH);
+        if std::env::var("FEEDSYNC_REGENERATE").as_deref() == Ok("1") {
+            std::fs::create_dir_all(shipped_path.parent().expect("schema directory"))
+                .expect("create the schema directory");
+            std::fs::write(&shipped_path, &script)
+                .unwrap_or_else(|error| panic!("cannot write {}: {error}", shipped_path.display()));
+            eprintln!("regenerated {}", shipped_path.display());
+            return;
+        }
+        let shipped = std::fs::read_to_string(&shipped_path).unwrap_or_else(|error| {
+            panic!(
+                "cannot read {}: {error}; create it with FEEDSYNC_REGENERATE=1 cargo test -p feedsync-shared mysql_dump",
+                shipped_path.display()
+            )
+        });
+        if shipped != script {
+            let first_difference = shipped
+                .lines()
+                .zip(script.lines())
+                .position(|(old, new)| old != new)
+                .unwrap_or_else(|| shipped.lines().count().min(script.lines().count()))
+                + 1;
+            panic!(
+                "{} is out of date (first difference at line {first_difference}); regenerate it with \
+                 FEEDSYNC_REGENERATE=1 cargo test -p feedsync-shared mysql_dump",
+                shipped_path.display()
+            );
+        }
+    }
+
+    /// Row counts of the 1.9.8 dump, counted by loading it into MariaDB 10.11.
+    const OPENMRS_1_9_8_ROWS: [(&str, i64); 29] = [
+        ("active_list_type", 2),
+        ("concept", 2),
+        ("concept_class", 15),
+        ("concept_datatype", 12),
+        ("concept_map_type", 70),
+        ("concept_name", 20),
+        ("concept_stop_word", 10),
+        ("concept_word", 20),
+        ("encounter_role", 1),
+        ("field_type", 5),
+        ("global_property", 110),
+        ("hl7_source", 1),
+        ("liquibasechangelog", 896),
+        ("liquibasechangeloglock", 1),
+        ("location", 1),
+        ("logic_token_registration", 17),
+        ("order_type", 1),
+        ("patient_identifier_type", 2),
+        ("person", 1),
+        ("person_attribute_type", 7),
+        ("person_name", 1),
+        ("privilege", 158),
+        ("relationship_type", 4),
+        ("role", 4),
+        ("role_privilege", 13),
+        ("scheduler_task_config", 3),
+        ("users", 2),
+        ("user_property", 2),
+        ("user_role", 2),
+    ];
+
+    #[test]
+    fn openmrs_1_9_8_dump_loads_into_sqlite() {
+        let Some(dump) = read_dump("openmrs-1.9.8.sql") else {
+            return;
+        };
+        let script = convert_to_sqlite(&dump, &ConvertOptions::default())
+            .unwrap_or_else(|error| panic!("{error}"));
+        let connection = load_checking_foreign_keys(&script);
+        assert_eq!(user_table_count(&connection), 102);
+        assert_row_counts(&connection, &OPENMRS_1_9_8_ROWS);
+    }
 }

@@ -1,0 +1,236 @@
+//! The publisher's configuration: a TOML file whose every key has a documented default
+//! (`examples/feed-publisher.toml` shows them all), overridden by command-line flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `mysql://user:password@host:3306/openmrs` or `sqlite://path`.
+    pub database_url: String,
+    pub server: ServerConfig,
+    pub feed: FeedConfig,
+    pub limits: Limits,
+    /// An OpenMRS profile file replacing the built-in one (`shared/profiles/openmrs.toml`).
+    pub profile: Option<PathBuf>,
+    /// Link templates per category: `rest` and `fhir`, with `{uuid}` and `{patient_uuid}`.
+    pub links: BTreeMap<String, LinkTemplates>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Prefix before `/ws/...`, e.g. `/openmrs`, so clients configured for an OpenMRS server's
+    /// atomfeed URLs work unchanged.
+    pub path_prefix: String,
+    /// Scheme, host and port clients use to reach this server, for absolute feed links; when
+    /// empty, taken from each request's Host header.
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedConfig {
+    /// Entries per page. Changing it affects only pages not yet started: a page's entries are
+    /// fixed when they are published.
+    pub page_size: u32,
+    /// How often the journal is checked for new changes.
+    pub sequencer_interval_ms: u64,
+    /// Journal rows published in one transaction.
+    pub sequencer_batch_rows_max: u32,
+    /// Path of OpenMRS's web application on the same host, used in `rest`/`fhir` links.
+    pub openmrs_base_path: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted (batch fetch).
+    pub request_body_bytes_max: usize,
+    /// Most resources one batch-fetch request may name.
+    pub batch_resources_max: usize,
+    /// Requests handled at once; more wait for a slot.
+    pub requests_in_flight_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LinkTemplates {
+    pub rest: Option<String>,
+    pub fhir: Option<String>,
+}
+
+pub const PAGE_SIZE_DEFAULT: u32 = 500;
+pub const PAGE_SIZE_MAX: u32 = 10_000;
+pub const SEQUENCER_BATCH_ROWS_MAX_LIMIT: u32 = 2_000;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: String::new(),
+            server: ServerConfig::default(),
+            feed: FeedConfig::default(),
+            limits: Limits::default(),
+            profile: None,
+            links: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: "127.0.0.1:8086".into(), path_prefix: String::new(), public_url: String::new() }
+    }
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            page_size: PAGE_SIZE_DEFAULT,
+            sequencer_interval_ms: 1_000,
+            sequencer_batch_rows_max: 500,
+            openmrs_base_path: "/openmrs".into(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { request_body_bytes_max: 1 << 20, batch_resources_max: 1_000, requests_in_flight_max: 64 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("config file {path} is not valid: {message}. See examples/feed-publisher.toml for every key and its default")]
+    Parse { path: String, message: String },
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.database_url.is_empty() {
+            return Err(ConfigError::Invalid { key: "database_url", message: "no database given: pass --db URL or set database_url".into() });
+        }
+        if !(1..=PAGE_SIZE_MAX).contains(&self.feed.page_size) {
+            return Err(ConfigError::Invalid { key: "feed.page_size", message: format!("must be 1..={PAGE_SIZE_MAX}, got {}", self.feed.page_size) });
+        }
+        if !(1..=SEQUENCER_BATCH_ROWS_MAX_LIMIT).contains(&self.feed.sequencer_batch_rows_max) {
+            return Err(ConfigError::Invalid {
+                key: "feed.sequencer_batch_rows_max",
+                message: format!("must be 1..={SEQUENCER_BATCH_ROWS_MAX_LIMIT}"),
+            });
+        }
+        let prefix = &self.server.path_prefix;
+        if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
+            return Err(ConfigError::Invalid { key: "server.path_prefix", message: format!("must start with / and not end with / (e.g. /openmrs), got {prefix:?}") });
+        }
+        if self.limits.batch_resources_max == 0 || self.limits.requests_in_flight_max == 0 {
+            return Err(ConfigError::Invalid { key: "limits", message: "limits must be at least 1".into() });
+        }
+        Ok(())
+    }
+
+    /// The link templates for a category: the configured ones, else the built-in defaults for
+    /// OpenMRS's REST and FHIR2 APIs.
+    pub fn link_templates(&self, category: &str) -> LinkTemplates {
+        if let Some(configured) = self.links.get(category) {
+            return configured.clone();
+        }
+        let base = &self.feed.openmrs_base_path;
+        let rest = |path: &str| Some(format!("{base}/ws/rest/v1/{path}"));
+        let fhir = |kind: &str| Some(format!("{base}/ws/fhir2/R4/{kind}/{{uuid}}"));
+        match category {
+            "patient" => LinkTemplates { rest: rest("patient/{uuid}?v=full"), fhir: fhir("Patient") },
+            "person" => LinkTemplates { rest: rest("person/{uuid}?v=full"), fhir: fhir("Person") },
+            "person_name" => LinkTemplates { rest: rest("person/{patient_uuid}/name/{uuid}?v=full"), fhir: None },
+            "person_address" => LinkTemplates { rest: rest("person/{patient_uuid}/address/{uuid}?v=full"), fhir: None },
+            "person_attribute" => LinkTemplates { rest: rest("person/{patient_uuid}/attribute/{uuid}?v=full"), fhir: None },
+            "patient_identifier" => LinkTemplates { rest: rest("patient/{patient_uuid}/identifier/{uuid}?v=full"), fhir: None },
+            "visit" => LinkTemplates { rest: rest("visit/{uuid}?v=full"), fhir: fhir("Encounter") },
+            "encounter" => LinkTemplates { rest: rest("encounter/{uuid}?v=full"), fhir: fhir("Encounter") },
+            "observation" => LinkTemplates { rest: rest("obs/{uuid}?v=full"), fhir: fhir("Observation") },
+            "location" => LinkTemplates { rest: rest("location/{uuid}?v=full"), fhir: fhir("Location") },
+            "provider" => LinkTemplates { rest: rest("provider/{uuid}?v=full"), fhir: fhir("Practitioner") },
+            "user" => LinkTemplates { rest: rest("user/{uuid}?v=full"), fhir: None },
+            "concept" => LinkTemplates { rest: rest("concept/{uuid}?v=full"), fhir: None },
+            "order" | "drug_order" | "test_order" => LinkTemplates { rest: rest("order/{uuid}?v=full"), fhir: None },
+            "allergy" => LinkTemplates { rest: rest("patient/{patient_uuid}/allergy/{uuid}?v=full"), fhir: fhir("AllergyIntolerance") },
+            "conditions" => LinkTemplates { rest: rest("condition/{uuid}?v=full"), fhir: fhir("Condition") },
+            "relationship" => LinkTemplates { rest: rest("relationship/{uuid}?v=full"), fhir: fhir("RelatedPerson") },
+            "patient_program" => LinkTemplates { rest: rest("programenrollment/{uuid}?v=full"), fhir: None },
+            _ => LinkTemplates::default(),
+        }
+    }
+}
+
+/// Fills a link template; `None` when it names a value this entry does not have.
+pub fn fill_template(template: &str, uuid: &str, patient_uuid: Option<&str>) -> Option<String> {
+    let mut out = template.replace("{uuid}", uuid);
+    if out.contains("{patient_uuid}") {
+        out = out.replace("{patient_uuid}", patient_uuid?);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_once_a_database_is_named() {
+        let mut c = Config::default();
+        assert!(c.validate().unwrap_err().to_string().contains("--db"));
+        c.database_url = "sqlite://x".into();
+        c.validate().unwrap();
+        assert_eq!(c.feed.page_size, PAGE_SIZE_DEFAULT);
+    }
+
+    #[test]
+    fn parse_errors_name_the_file_and_key() {
+        let err = Config::parse("[feed]\npage_sise = 3\n", "p.toml").unwrap_err().to_string();
+        assert!(err.contains("p.toml") && err.contains("page_sise"), "{err}");
+        let c = Config::parse("database_url = \"sqlite://a\"\n[feed]\npage_size = 0\n", "p.toml").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("feed.page_size"));
+        let c = Config::parse("database_url = \"sqlite://a\"\n[server]\npath_prefix = \"openmrs/\"\n", "p.toml").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_example_config_parses_and_matches_the_defaults() {
+        let text = include_str!("../../examples/feed-publisher.toml");
+        let parsed = Config::parse(text, "examples/feed-publisher.toml").unwrap();
+        let mut expected = Config { database_url: parsed.database_url.clone(), ..Config::default() };
+        expected.links = parsed.links.clone();
+        assert_eq!(parsed, expected, "examples/feed-publisher.toml must show the defaults");
+    }
+
+    #[test]
+    fn link_templates() {
+        let c = Config::default();
+        let t = c.link_templates("patient");
+        assert_eq!(fill_template(t.rest.as_deref().unwrap(), "u1", None).unwrap(), "/openmrs/ws/rest/v1/patient/u1?v=full");
+        let t = c.link_templates("person_name");
+        assert_eq!(fill_template(t.rest.as_deref().unwrap(), "n1", None), None);
+        assert_eq!(fill_template(t.rest.as_deref().unwrap(), "n1", Some("p1")).unwrap(), "/openmrs/ws/rest/v1/person/p1/name/n1?v=full");
+        assert_eq!(c.link_templates("mystery"), LinkTemplates::default());
+    }
+}

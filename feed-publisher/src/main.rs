@@ -1,0 +1,220 @@
+//! `feed-publisher`: install change capture in an OpenMRS database, check what it publishes,
+//! serve its feeds. Errors print one line and a hint; exit codes: 0 success, 1 failure,
+//! 2 bad command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use feed_publisher::config::Config;
+use feed_publisher::server::{self, App};
+use feed_publisher::load_model;
+use feedsync_shared::capture;
+use feedsync_shared::db::Database;
+use feedsync_shared::model::Model;
+use feedsync_shared::profile::Profile;
+
+#[derive(Parser)]
+#[command(
+    name = "feed-publisher",
+    version,
+    about = "Publish an OpenMRS database's changes as paged Atom feeds of entity links",
+    long_about = "Publish an OpenMRS database's changes as paged Atom feeds of entity links.\n\n\
+        First `install` (adds triggers and feedsync_* tables, and snapshots existing rows), then \
+        `serve`. `check` shows what would be published and why some tables are not. \
+        `uninstall` removes exactly what install added.",
+    after_help = "Database URLs: mysql://user:password@host:3306/openmrs (MySQL 5.6+, MariaDB 10.x) or sqlite://path/to/openmrs.sqlite\n\
+        Example: feed-publisher install --db mysql://openmrs:secret@127.0.0.1:3306/openmrs\n         \
+        feed-publisher serve --db mysql://openmrs:secret@127.0.0.1:3306/openmrs --listen 0.0.0.0:8086"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prepare a database: feedsync_* tables, capture triggers, snapshot of existing rows.
+    /// Safe to run again (after an OpenMRS or module upgrade, run it again).
+    Install(Common),
+    /// Remove every trigger and table install added (named feedsync_*), and nothing else.
+    Uninstall(Common),
+    /// Report which tables are published (category, identity, references) and which are not, with the reason.
+    Check(Common),
+    /// Serve the feeds, resources and batch fetch over HTTP, publishing new changes as they commit.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// Database URL (overrides database_url in the config file).
+    #[arg(long, env = "FEEDSYNC_DB")]
+    db: Option<String>,
+    /// TOML config file; see examples/feed-publisher.toml for every key and its default.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address to listen on, e.g. 0.0.0.0:8086 (default 127.0.0.1:8086).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Entries per feed page (default 500).
+    #[arg(long)]
+    page_size: Option<u32>,
+    /// Path prefix before /ws/..., e.g. /openmrs.
+    #[arg(long)]
+    path_prefix: Option<String>,
+    /// Scheme, host and port clients use to reach this server, for absolute feed links.
+    #[arg(long)]
+    public_url: Option<String>,
+}
+
+fn load_config(common: &Common) -> anyhow::Result<Config> {
+    let mut config = match &common.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(db) = &common.db {
+        config.database_url = db.clone();
+    }
+    Ok(config)
+}
+
+fn profile(config: &Config) -> anyhow::Result<Profile> {
+    Ok(match &config.profile {
+        Some(path) => Profile::load(path)?,
+        None => Profile::openmrs(),
+    })
+}
+
+async fn open(config: &Config) -> anyhow::Result<(Database, Model)> {
+    config.validate()?;
+    let database = Database::from_url(&config.database_url)?;
+    let model = load_model(&database, &profile(config)?)
+        .await
+        .with_context(|| format!("reading the schema of {}", database.display_name()))?;
+    if model.entities.is_empty() {
+        bail!("{} has no publishable tables; is it an OpenMRS database? (`feed-publisher check` lists every table with its reason)", database.display_name());
+    }
+    Ok((database, model))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Install(common) => {
+            let config = load_config(&common)?;
+            let (database, model) = open(&config).await?;
+            let mut session = database.session().await?;
+            eprintln!("installing change capture on {} ({} tables)...", database.display_name(), model.entities.len());
+            let report = capture::install(&mut session, &model).await.context("install failed; nothing half-done stays harmful: run install again after fixing the cause")?;
+            println!(
+                "installed: {} triggers created, {} replaced, {} unchanged; snapshot journaled {} rows from {} tables",
+                report.triggers_created, report.triggers_replaced, report.triggers_unchanged, report.snapshot_rows, report.snapshot_tables
+            );
+            database.close().await;
+        }
+        Command::Uninstall(common) => {
+            let config = load_config(&common)?;
+            config.validate()?;
+            let database = Database::from_url(&config.database_url)?;
+            let mut session = database.session().await?;
+            let report = capture::uninstall(&mut session).await?;
+            println!("uninstalled: {} triggers and {} tables removed (all named feedsync_*)", report.triggers_dropped, report.tables_dropped);
+            database.close().await;
+        }
+        Command::Check(common) => {
+            let config = load_config(&common)?;
+            let (database, model) = open(&config).await?;
+            print_check(&model);
+            let mut session = database.session().await?;
+            if capture::list_tables(&mut session).await?.is_empty() {
+                println!("\ncapture is not installed: run `feed-publisher install --db {}`", database.display_name());
+            } else {
+                let missing = capture::missing_triggers(&mut session, &model).await?;
+                if missing.is_empty() {
+                    println!("\ncapture is installed on every published table");
+                } else {
+                    println!("\ncapture is missing on {} tables ({}): run `feed-publisher install` again", missing.len(), missing.join(", "));
+                }
+            }
+            database.close().await;
+        }
+        Command::Serve(args) => {
+            let mut config = load_config(&args.common)?;
+            if let Some(listen) = args.listen {
+                config.server.listen = listen;
+            }
+            if let Some(size) = args.page_size {
+                config.feed.page_size = size;
+            }
+            if let Some(prefix) = args.path_prefix {
+                config.server.path_prefix = prefix;
+            }
+            if let Some(url) = args.public_url {
+                config.server.public_url = url;
+            }
+            let (database, model) = open(&config).await?;
+            let mut session = database.session().await?;
+            if !capture::list_tables(&mut session).await?.iter().any(|t| t == capture::EVENT_TABLE) {
+                bail!("capture is not installed on {}: run `feed-publisher install --db ...` first", database.display_name());
+            }
+            let missing = capture::missing_triggers(&mut session, &model).await?;
+            if !missing.is_empty() {
+                tracing::warn!(tables = %missing.join(", "), "changes to these tables are not captured; run `feed-publisher install` again");
+            }
+            drop(session);
+            let listener = tokio::net::TcpListener::bind(&config.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (in use? try --listen 127.0.0.1:PORT)", config.server.listen))?;
+            let app = Arc::new(App::new(database, model, config).await?);
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tracing::info!(listen = %listener.local_addr()?, database = %app.database.display_name(), "serving feeds at /ws/atomfeed/{{category}}/recent");
+            let sequencer = tokio::spawn(server::run_sequencer(app.clone(), stopped.clone()));
+            let http = tokio::spawn(server::serve(app.clone(), listener, stopped));
+            tokio::signal::ctrl_c().await?;
+            tracing::info!("stopping");
+            let _ = stop.send(true);
+            let _ = sequencer.await;
+            let _ = http.await;
+        }
+    }
+    Ok(())
+}
+
+fn print_check(model: &Model) {
+    println!("published tables ({}):", model.entities.len());
+    for table in &model.snapshot_order {
+        let e = &model.entities[table];
+        let undeclared = e.references.iter().filter(|r| !r.declared).count();
+        println!(
+            "  {table:<36} category {:<24} identity: {}; {} references ({undeclared} from the profile){}",
+            e.category,
+            capture::describe_identity(&e.identity),
+            e.references.len(),
+            if e.patient_path.is_empty() && !e.is_patient_root { "" } else { "; patient data" }
+        );
+    }
+    println!("\nnot published ({}):", model.not_published.len());
+    for (table, reason) in &model.not_published {
+        println!("  {table:<36} {reason}");
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

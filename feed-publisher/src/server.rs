@@ -1,0 +1,438 @@
+//! The HTTP side of the publisher: feed pages, resources, batch fetch, health; compression,
+//! caching headers, limits, and errors that say what to do. Also runs the sequencer loop.
+//! Routing is by hand: five routes do not justify a framework.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use feedsync_shared::capture::{self, EVENT_TABLE, hex};
+use feedsync_shared::db::{Database, DbError};
+use feedsync_shared::model::Model;
+use feedsync_shared::resource::{
+    self, BATCH_PATH, BatchItem, BatchRequest, BatchResponse, LookupCache, RESOURCE_PATH, Tombstone,
+};
+
+use crate::config::Config;
+use crate::feed::{self, ATOMFEED_PATH, PageLinks};
+use crate::sequencer::{self, ALL_FEED};
+
+pub const HEALTH_PATH: &str = "/ws/feedsync/health";
+/// Bodies smaller than this are sent uncompressed: gzip's header would outweigh the saving.
+const GZIP_BYTES_MIN: usize = 860;
+/// Longest the sequencer waits between attempts while the database is failing.
+const SEQUENCER_BACKOFF_MS_MAX: u64 = 30_000;
+
+pub struct App {
+    pub database: Database,
+    pub model: Model,
+    pub config: Config,
+    /// Stable per database: feed ids are built from it.
+    pub feed_id_base: String,
+    /// Time shown as `updated` on a feed page with no entries yet.
+    pub installed_at: String,
+    requests: Semaphore,
+}
+
+impl App {
+    pub async fn new(database: Database, model: Model, config: Config) -> Result<App, DbError> {
+        let mut session = database.session().await?;
+        let install_id = match capture::state(&mut session, "install_id").await? {
+            Some(id) => id,
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                capture::set_state(&mut session, "install_id", &id).await?;
+                id
+            }
+        };
+        let installed_at = capture::state(&mut session, "snapshot_done")
+            .await?
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into());
+        let requests = Semaphore::new(config.limits.requests_in_flight_max);
+        Ok(App { database, model, config, feed_id_base: format!("urn:uuid:{install_id}"), installed_at, requests })
+    }
+}
+
+/// An error answer: status, a message saying what happened, and a hint saying what to do.
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub message: String,
+    pub hint: &'static str,
+}
+
+impl HttpError {
+    fn new(status: StatusCode, message: impl Into<String>, hint: &'static str) -> HttpError {
+        HttpError { status, message: message.into(), hint }
+    }
+}
+
+impl From<DbError> for HttpError {
+    fn from(e: DbError) -> Self {
+        if e.is_retryable() {
+            HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "the database is unreachable; retry later")
+        } else {
+            tracing::error!(error = %e, "database statement failed");
+            HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), "see the publisher's log")
+        }
+    }
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+fn error_response(e: HttpError) -> HttpResponse {
+    let body = serde_json::json!({ "error": e.message, "hint": e.hint, "status": e.status.as_u16() });
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = e.status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if e.status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    response
+}
+
+/// A body with its caching and compression decided here, once, for every route.
+struct Reply {
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+    /// Archived pages: strong ETag and a long cache lifetime.
+    immutable: bool,
+    /// Send an ETag (strong if immutable, weak otherwise).
+    etag: bool,
+}
+
+fn finish(reply: Reply, request_headers: &hyper::HeaderMap) -> HttpResponse {
+    let accepts_gzip = request_headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().starts_with("gzip")));
+    let gzip = accepts_gzip && reply.body.len() >= GZIP_BYTES_MIN;
+    let etag = reply.etag.then(|| {
+        let digest = hex(&Sha256::digest(&reply.body)[..16]);
+        let tag = if gzip { format!("\"{digest}-gz\"") } else { format!("\"{digest}\"") };
+        if reply.immutable { tag } else { format!("W/{tag}") }
+    });
+    let not_modified = etag.as_ref().is_some_and(|tag| {
+        request_headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|c| c.trim().trim_start_matches("W/") == tag.trim_start_matches("W/")))
+    });
+    let body = if not_modified {
+        Vec::new()
+    } else if gzip {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(reply.body.len() / 4), flate2::Compression::default());
+        encoder.write_all(&reply.body).expect("writing to memory");
+        encoder.finish().expect("writing to memory")
+    } else {
+        reply.body
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = if not_modified { StatusCode::NOT_MODIFIED } else { reply.status };
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    if gzip && !not_modified {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    if let Some(tag) = etag {
+        headers.insert(header::ETAG, HeaderValue::from_str(&tag).expect("hex etag"));
+    }
+    let cache = if reply.immutable { "public, max-age=31536000, immutable" } else { "no-cache" };
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    response
+}
+
+/// Handles one request; never panics on bad input and always answers.
+pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> HttpResponse {
+    let _permit = app.requests.acquire().await.expect("semaphore open");
+    let headers = request.headers().clone();
+    match route(&app, request).await {
+        Ok(reply) => finish(reply, &headers),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn route(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError> {
+    let path = request.uri().path().to_owned();
+    let prefix = &app.config.server.path_prefix;
+    // The prefix is optional on requests so both OpenMRS-style and bare URLs work.
+    let path = path.strip_prefix(prefix.as_str()).filter(|p| p.starts_with('/')).unwrap_or(&path).to_owned();
+    let method = request.method().clone();
+    if let Some(rest) = path.strip_prefix(&format!("{ATOMFEED_PATH}/")) {
+        require_get(&method)?;
+        let (feed, page) = rest.split_once('/').ok_or_else(|| {
+            HttpError::new(StatusCode::NOT_FOUND, format!("no such path {path}"), "feeds are at /ws/atomfeed/{category}/recent and /ws/atomfeed/{category}/{n}")
+        })?;
+        return feed_page(app, &request, feed, page).await;
+    }
+    if path == ATOMFEED_PATH {
+        require_get(&method)?;
+        return feed_list(app).await;
+    }
+    if let Some(rest) = path.strip_prefix(&format!("{RESOURCE_PATH}/")) {
+        require_get(&method)?;
+        return single_resource(app, &format!("{RESOURCE_PATH}/{rest}")).await;
+    }
+    if path == BATCH_PATH {
+        if method != Method::POST {
+            return Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "batch fetch takes POST", "POST a JSON body {\"resources\": [links...]}"));
+        }
+        return batch(app, request).await;
+    }
+    if path == HEALTH_PATH {
+        return health(app).await;
+    }
+    Err(HttpError::new(StatusCode::NOT_FOUND, format!("no such path {path}"), "feeds are at /ws/atomfeed/{category}/recent; /ws/atomfeed lists the categories"))
+}
+
+fn require_get(method: &Method) -> Result<(), HttpError> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed here"), "use GET"))
+    }
+}
+
+fn base_url(app: &App, request: &Request<Incoming>) -> String {
+    let host = if app.config.server.public_url.is_empty() {
+        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+        format!("http://{host}")
+    } else {
+        app.config.server.public_url.trim_end_matches('/').to_owned()
+    };
+    format!("{host}{}", app.config.server.path_prefix)
+}
+
+async fn is_known_feed(app: &App, session: &mut feedsync_shared::db::Session, feed: &str) -> Result<bool, HttpError> {
+    if feed == ALL_FEED || app.model.entities.values().any(|e| e.category == feed) {
+        return Ok(true);
+    }
+    Ok(feed::known_feeds(session).await?.iter().any(|f| f == feed))
+}
+
+async fn feed_page(app: &App, request: &Request<Incoming>, feed: &str, page: &str) -> Result<Reply, HttpError> {
+    let mut session = app.database.session().await?;
+    if !is_known_feed(app, &mut session, feed).await? {
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown category {feed:?}"),
+            "GET /ws/atomfeed lists the categories this server publishes; 'all' has every change",
+        ));
+    }
+    let (open, _) = feed::open_page(&mut session, feed).await?;
+    let (number, recent) = if page == "recent" {
+        (open, true)
+    } else {
+        let n: i64 = page.parse().map_err(|_| {
+            HttpError::new(StatusCode::NOT_FOUND, format!("page {page:?} is not a number"), "pages are numbered from 1; /recent is the newest")
+        })?;
+        (n, false)
+    };
+    if number < 1 || number > open {
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            format!("feed {feed} has pages 1 to {open}; there is no page {number}"),
+            "start from /recent and follow prev-archive links",
+        ));
+    }
+    let events = feed::page_events(&mut session, feed, number).await?;
+    let links = PageLinks { base: base_url(app, request) };
+    let body = feed::render(feed, number, open, recent, &events, &links, &app.feed_id_base, &app.installed_at);
+    Ok(Reply {
+        status: StatusCode::OK,
+        content_type: "application/atom+xml; charset=utf-8",
+        body,
+        immutable: number < open && !recent,
+        etag: true,
+    })
+}
+
+async fn feed_list(app: &App) -> Result<Reply, HttpError> {
+    let mut session = app.database.session().await?;
+    let mut feeds: Vec<String> = app.model.entities.values().map(|e| e.category.clone()).collect();
+    feeds.extend(feed::known_feeds(&mut session).await?);
+    feeds.push(ALL_FEED.into());
+    feeds.sort();
+    feeds.dedup();
+    let body = serde_json::json!({ "feeds": feeds }).to_string().into_bytes();
+    Ok(Reply { status: StatusCode::OK, content_type: "application/json", body, immutable: false, etag: true })
+}
+
+/// Looks up one resource link: the resource, its tombstone, or why neither.
+async fn lookup(app: &App, session: &mut feedsync_shared::db::Session, link: &str, cache: &mut LookupCache) -> Result<BatchItem, HttpError> {
+    let item = |status: u16, error: String| BatchItem { link: link.to_owned(), status, resource: None, tombstone: None, error: Some(error) };
+    let Some((table, key)) = resource::parse_resource_link(link, &app.config.server.path_prefix) else {
+        return Ok(item(400, format!("not a resource link: {link:?} (expected {RESOURCE_PATH}/{{table}}/{{key}})")));
+    };
+    let Some(entity) = app.model.entity(&table) else {
+        return Ok(item(404, format!("table {table:?} is not published here")));
+    };
+    if let Some(row) = resource::find_row(session, &app.model, &table, &key).await? {
+        let rendered = resource::render(session, &app.model, entity, &key, &row, cache).await?;
+        return Ok(BatchItem { link: link.to_owned(), status: 200, resource: Some(rendered), tombstone: None, error: None });
+    }
+    let last = session
+        .query(
+            &format!("SELECT action, changed_at FROM {EVENT_TABLE} WHERE table_name = ? AND entity_key = ? ORDER BY event_seq DESC LIMIT 1"),
+            &[table.clone().into(), key.clone().into()],
+        )
+        .await?;
+    if let Some(event) = last.first().filter(|e| e.text("action").as_deref() == Some("DELETED")) {
+        let tombstone = Tombstone {
+            table: table.clone(),
+            category: entity.category.clone(),
+            key,
+            deleted: true,
+            deleted_at: feed::rfc3339(&event.text("changed_at").unwrap_or_default()),
+        };
+        return Ok(BatchItem { link: link.to_owned(), status: 410, resource: None, tombstone: Some(tombstone), error: None });
+    }
+    Ok(item(404, format!("no {table} with identity {key:?} here")))
+}
+
+async fn single_resource(app: &App, path: &str) -> Result<Reply, HttpError> {
+    let mut session = app.database.session().await?;
+    let item = lookup(app, &mut session, path, &mut LookupCache::default()).await?;
+    let status = StatusCode::from_u16(item.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = match (&item.resource, &item.tombstone) {
+        (Some(r), _) => serde_json::to_vec(r),
+        (_, Some(t)) => serde_json::to_vec(t),
+        _ => return Err(HttpError::new(status, item.error.unwrap_or_default(), "resource links come from feed entries' content")),
+    }
+    .expect("resources serialize");
+    Ok(Reply { status, content_type: "application/json", body, immutable: false, etag: true })
+}
+
+async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError> {
+    let max = app.config.limits.request_body_bytes_max;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(max));
+    }
+    let body = Limited::new(request.into_body(), max).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            too_large(max)
+        } else {
+            HttpError::new(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"), "send the whole body")
+        }
+    })?;
+    let request: BatchRequest = serde_json::from_slice(&body.to_bytes()).map_err(|e| {
+        HttpError::new(StatusCode::BAD_REQUEST, format!("batch request is not valid JSON: {e}"), "send {\"resources\": [\"/ws/feedsync/resource/{table}/{key}\", ...]}")
+    })?;
+    let items_max = app.config.limits.batch_resources_max;
+    if request.resources.len() > items_max {
+        return Err(HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("batch names {} resources; at most {items_max} per request", request.resources.len()),
+            "split the list into several requests",
+        ));
+    }
+    let mut session = app.database.session().await?;
+    let mut cache = LookupCache::default();
+    let mut resources = Vec::with_capacity(request.resources.len());
+    for link in &request.resources {
+        resources.push(lookup(app, &mut session, link, &mut cache).await?);
+    }
+    let body = serde_json::to_vec(&BatchResponse { resources }).expect("batch serializes");
+    Ok(Reply { status: StatusCode::OK, content_type: "application/json", body, immutable: false, etag: false })
+}
+
+fn too_large(max: usize) -> HttpError {
+    HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {max} bytes"), "send fewer links per request")
+}
+
+async fn health(app: &App) -> Result<Reply, HttpError> {
+    let mut session = app.database.session().await?;
+    let backlog = session.query("SELECT COUNT(*) AS n FROM feedsync_journal", &[]).await?;
+    let events = session.query(&format!("SELECT COALESCE(MAX(event_seq), 0) AS n FROM {EVENT_TABLE}"), &[]).await?;
+    let body = serde_json::json!({
+        "status": "ok",
+        "journal_backlog": backlog.first().and_then(|r| r.i64("n")),
+        "last_event_seq": events.first().and_then(|r| r.i64("n")),
+    });
+    Ok(Reply { status: StatusCode::OK, content_type: "application/json", body: body.to_string().into_bytes(), immutable: false, etag: false })
+}
+
+/// Publishes journal rows until shut down, backing off while the database fails.
+pub async fn run_sequencer(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let interval = Duration::from_millis(app.config.feed.sequencer_interval_ms);
+    let mut backoff_ms = app.config.feed.sequencer_interval_ms.max(100);
+    loop {
+        let wait = match app.database.session().await {
+            Ok(mut session) => match sequencer::drain(&mut session, &app.model, &app.config, 1_000).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(events = n, "published");
+                    }
+                    backoff_ms = app.config.feed.sequencer_interval_ms.max(100);
+                    interval
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff_ms, "publishing failed; will retry");
+                    backoff_ms = (backoff_ms * 2).min(SEQUENCER_BACKOFF_MS_MAX);
+                    Duration::from_millis(backoff_ms)
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff_ms, "database unreachable; will retry");
+                backoff_ms = (backoff_ms * 2).min(SEQUENCER_BACKOFF_MS_MAX);
+                Duration::from_millis(backoff_ms)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` fires.
+pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
+    loop {
+        let (stream, peer): (_, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let app = app.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(app, request).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
