@@ -276,7 +276,9 @@ async fn feed_list(app: &App) -> Result<Reply, HttpError> {
 /// Looks up one resource link: the resource, its tombstone, or why neither.
 async fn lookup(app: &App, session: &mut feedsync_shared::db::Session, link: &str, cache: &mut LookupCache) -> Result<BatchItem, HttpError> {
     let item = |status: u16, error: String| BatchItem { link: link.to_owned(), status, resource: None, tombstone: None, error: Some(error) };
-    let Some((table, key)) = resource::parse_resource_link(link, &app.config.server.path_prefix) else {
+    // Links may carry the path prefix or not, like every other route.
+    let parsed = resource::parse_resource_link(link, &app.config.server.path_prefix).or_else(|| resource::parse_resource_link(link, ""));
+    let Some((table, key)) = parsed else {
         return Ok(item(400, format!("not a resource link: {link:?} (expected {RESOURCE_PATH}/{{table}}/{{key}})")));
     };
     let Some(entity) = app.model.entity(&table) else {

@@ -63,6 +63,7 @@ pub struct Entity {
     pub category: String,
     pub identity: Identity,
     pub primary_key: Vec<String>,
+    /// Published columns: the table's columns less those the profile omits.
     pub columns: Vec<Column>,
     pub references: Vec<Reference>,
     pub value_reference: Option<ValueReference>,
@@ -169,7 +170,12 @@ pub fn build(schema: &Schema, profile: &Profile) -> Model {
                 category: profile.categories.get(name).cloned().unwrap_or_else(|| name.clone()),
                 identity: identity.clone(),
                 primary_key: table.primary_key.clone(),
-                columns: table.columns.clone(),
+                columns: table
+                    .columns
+                    .iter()
+                    .filter(|c| !profile.omitted_columns.get(name).is_some_and(|o| o.contains(&c.name)))
+                    .cloned()
+                    .collect(),
                 references,
                 value_reference,
                 patient_path: Vec::new(),
@@ -565,6 +571,10 @@ mod tests {
         assert_eq!(m.entities["role"].identity, Identity::TextKey { column: "role".into() });
         assert!(matches!(&m.entities["user_role"].identity, Identity::Join { parts } if parts.len() == 2));
         assert_eq!(m.entities["obs"].category, "observation");
+        let mut with_password = bare_schema();
+        with_password.tables.get_mut("users").unwrap().columns.push(col("password", "varchar"));
+        let m2 = build(&with_password, &Profile::openmrs());
+        assert!(!m2.entities["users"].has_column("password"), "credentials are never published");
         assert!(m.not_published["liquibasechangelog"].contains("excluded"));
         assert!(m.not_published["mystery"].contains("local integer id"), "{:?}", m.not_published);
         // Module table: identity from its uuid, references from its declared key.

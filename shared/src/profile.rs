@@ -26,6 +26,9 @@ pub struct Profile {
     pub class_tables: BTreeMap<String, String>,
     #[serde(default)]
     pub patient_data: PatientData,
+    /// Columns never published, per table (credentials).
+    #[serde(default)]
+    pub omitted_columns: BTreeMap<String, Vec<String>>,
     /// `"table.column" = "referenced table"`.
     #[serde(default)]
     pub references: BTreeMap<String, String>,
