@@ -117,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "installed: {} triggers created, {} replaced, {} unchanged; snapshot journaled {} rows from {} tables",
                 report.triggers_created, report.triggers_replaced, report.triggers_unchanged, report.snapshot_rows, report.snapshot_tables
             );
+            drop(session);
             database.close().await;
         }
         Command::Uninstall(common) => {
@@ -126,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut session = database.session().await?;
             let report = capture::uninstall(&mut session).await?;
             println!("uninstalled: {} triggers and {} tables removed (all named feedsync_*)", report.triggers_dropped, report.tables_dropped);
+            drop(session);
             database.close().await;
         }
         Command::Check(common) => {
@@ -143,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("\ncapture is missing on {} tables ({}): run `feed-publisher install` again", missing.len(), missing.join(", "));
                 }
             }
+            drop(session);
             database.close().await;
         }
         Command::Serve(args) => {

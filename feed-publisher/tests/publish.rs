@@ -10,17 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::{Publisher, check_resource, feedparser_check, http, walk};
 use feedsync_shared::resource::{BatchResponse, resource_path};
 use feedsync_shared::testing::{Source, TestDatabase};
-use feedsync_shared::workload::{self, Op, WorkloadConfig};
+use feedsync_shared::workload::{self, WorkloadConfig};
 
 const PAGE_SIZE: u32 = 40;
-
-fn action_matches(op: Op, action: &str) -> bool {
-    match op {
-        Op::Insert => action == "CREATED",
-        Op::Delete => action == "DELETED",
-        Op::Update => matches!(action, "UPDATED" | "VOIDED" | "UNVOIDED" | "RETIRED" | "UNRETIRED"),
-    }
-}
 
 async fn workload_is_published(source: Source) {
     let Some(test) = TestDatabase::create(source) else { return };
@@ -50,30 +42,7 @@ async fn workload_is_published(source: Source) {
 
     // Per entity, the feed holds the workload's writes in commit order.
     let workload_entries = &all.entries[snapshot_events..];
-    let mut feed_by_entity: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
-    for e in workload_entries {
-        feed_by_entity.entry(e.identity()).or_default().push(e.action());
-    }
-    let mut log_by_entity: BTreeMap<(String, String), Vec<Op>> = BTreeMap::new();
-    let mut log_per_table: BTreeMap<String, usize> = BTreeMap::new();
-    for w in &writes {
-        *log_per_table.entry(w.table.clone()).or_default() += 1;
-        if let Some(uuid) = &w.uuid {
-            log_by_entity.entry((w.table.clone(), uuid.clone())).or_default().push(w.op);
-        }
-    }
-    for (entity, ops) in &log_by_entity {
-        let actions = feed_by_entity.get(entity).unwrap_or_else(|| panic!("{entity:?} written but never published"));
-        assert_eq!(actions.len(), ops.len(), "{entity:?}: {ops:?} vs {actions:?}");
-        for (op, action) in ops.iter().zip(actions) {
-            assert!(action_matches(*op, action), "{entity:?}: {op:?} published as {action}");
-        }
-    }
-    let mut feed_per_table: BTreeMap<String, usize> = BTreeMap::new();
-    for e in workload_entries {
-        *feed_per_table.entry(e.identity().0).or_default() += 1;
-    }
-    assert_eq!(feed_per_table, log_per_table, "per table, as many events as writes (tables without uuid included)");
+    common::assert_writes_published(workload_entries, &writes);
 
     // Category feeds hold exactly the all feed's entries of their category, in order.
     let categories: BTreeSet<String> = all.entries.iter().map(|e| e.categories[0].clone()).collect();

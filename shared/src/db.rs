@@ -237,10 +237,11 @@ impl Database {
         }
     }
 
-    /// Closes pooled connections; call before exit so MySQL sees clean disconnects.
+    /// Closes pooled connections; call before exit so MySQL sees clean disconnects. Drop every
+    /// session first: the pool waits for them. Bounded, so exit never hangs on a lost server.
     pub async fn close(self) {
         if let Database::MySql { pool, .. } = self {
-            let _ = pool.disconnect().await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), pool.disconnect()).await;
         }
     }
 }

@@ -16,6 +16,7 @@ use feedsync_shared::capture;
 use feedsync_shared::db::{Database, Session, Value};
 use feedsync_shared::model::Model;
 use feedsync_shared::profile::Profile;
+use feedsync_shared::workload::{Op, Write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub struct Publisher {
@@ -173,7 +174,15 @@ fn path_of(url: &str) -> String {
 /// Reads a whole feed as the reference Atom client does: from /recent back through
 /// prev-archive to the first page, then forward through next-archive.
 pub async fn walk(publisher: &Publisher, feed: &str) -> WalkedFeed {
-    let recent = publisher.get(&format!("/ws/atomfeed/{feed}/recent")).await;
+    walk_at(publisher.addr, feed).await
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> HttpReply {
+    http(addr, "GET", path, &[], None).await
+}
+
+pub async fn walk_at(addr: SocketAddr, feed: &str) -> WalkedFeed {
+    let recent = get(addr, &format!("/ws/atomfeed/{feed}/recent")).await;
     assert_eq!(recent.status, 200, "{}", recent.text());
     let parsed = atom_syndication::Feed::read_from(&recent.body[..]).expect("recent parses");
     let via = link(&parsed, "via").expect("recent has via");
@@ -181,7 +190,7 @@ pub async fn walk(publisher: &Publisher, feed: &str) -> WalkedFeed {
     let mut url = via;
     let mut current = parsed;
     while let Some(prev) = link(&current, "prev-archive") {
-        let reply = publisher.get(&path_of(&prev)).await;
+        let reply = get(addr, &path_of(&prev)).await;
         assert_eq!(reply.status, 200);
         current = atom_syndication::Feed::read_from(&reply.body[..]).expect("page parses");
         url = prev;
@@ -189,7 +198,7 @@ pub async fn walk(publisher: &Publisher, feed: &str) -> WalkedFeed {
     let mut pages = BTreeMap::new();
     let mut entries = Vec::new();
     loop {
-        let reply = publisher.get(&path_of(&url)).await;
+        let reply = get(addr, &path_of(&url)).await;
         assert_eq!(reply.status, 200, "{url}: {}", reply.text());
         let page: i64 = url.rsplit('/').next().unwrap().parse().unwrap();
         let parsed = atom_syndication::Feed::read_from(&reply.body[..]).expect("page parses");
@@ -342,4 +351,82 @@ pub async fn check_resource(s: &mut Session, model: &Model, resource: &serde_jso
         return Err(format!("{table}/{key}: resource has columns the row lacks"));
     }
     Ok(())
+}
+
+fn action_matches(op: Op, action: &str) -> bool {
+    match op {
+        Op::Insert => action == "CREATED",
+        Op::Delete => action == "DELETED",
+        Op::Update => matches!(action, "UPDATED" | "VOIDED" | "UNVOIDED" | "RETIRED" | "UNRETIRED"),
+    }
+}
+
+/// Asserts that `entries` (the feed after the snapshot) hold exactly the logged writes: per
+/// entity in commit order with matching actions, and per table as many events as writes.
+pub fn assert_writes_published(entries: &[Entry], writes: &[Write]) {
+    let mut feed_by_entity: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+    let mut feed_per_table: BTreeMap<String, usize> = BTreeMap::new();
+    for e in entries {
+        let identity = e.identity();
+        *feed_per_table.entry(identity.0.clone()).or_default() += 1;
+        feed_by_entity.entry(identity).or_default().push(e.action());
+    }
+    let mut log_by_entity: BTreeMap<(String, String), Vec<Op>> = BTreeMap::new();
+    let mut log_per_table: BTreeMap<String, usize> = BTreeMap::new();
+    for w in writes {
+        *log_per_table.entry(w.table.clone()).or_default() += 1;
+        if let Some(uuid) = &w.uuid {
+            log_by_entity.entry((w.table.clone(), uuid.clone())).or_default().push(w.op);
+        }
+    }
+    for (entity, ops) in &log_by_entity {
+        let actions = feed_by_entity.get(entity).unwrap_or_else(|| panic!("{entity:?} written but never published"));
+        assert_eq!(actions.len(), ops.len(), "{entity:?}: {ops:?} vs {actions:?}");
+        for (op, action) in ops.iter().zip(actions) {
+            assert!(action_matches(*op, action), "{entity:?}: {op:?} published as {action}");
+        }
+    }
+    assert_eq!(feed_per_table, log_per_table, "per table, as many events as writes (tables without uuid included)");
+}
+
+/// A TCP forwarder standing between the publisher and MariaDB, so a test can take the
+/// database "down" (existing connections cut, new ones refused) and bring it back.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(generation);
+        let (up2, gen2) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let mut cut = gen2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, up, generation }
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
 }
