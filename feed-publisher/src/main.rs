@@ -45,7 +45,29 @@ enum Command {
     Check(Common),
     /// Serve the feeds, resources and batch fetch over HTTP, publishing new changes as they commit.
     Serve(ServeArgs),
+    /// Try it with nothing installed: an OpenMRS schema in SQLite, seeded with a simulated
+    /// clinic's records, captured and served.
+    Demo(DemoArgs),
 }
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Folder for the demo database (created if missing; reused if present).
+    #[arg(long, default_value = "feedsync-demo")]
+    dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8086")]
+    listen: String,
+    /// Patients the simulated clinic registers on first start.
+    #[arg(long, default_value_t = 20)]
+    patients: usize,
+    /// Seed of the simulated clinic (same seed, same records).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// The OpenMRS 2.5 schema and core metadata for SQLite, generated from the real dump.
+const SQLITE_OPENMRS_SCHEMA: &str = include_str!("../../shared/schema/openmrs-2.5.sqlite.sql");
 
 #[derive(Args)]
 struct Common {
@@ -148,6 +170,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             drop(session);
             database.close().await;
         }
+        Command::Demo(args) => {
+            std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+            let file = args.dir.join("openmrs.sqlite");
+            let fresh = !file.exists();
+            let config = Config { database_url: format!("sqlite://{}", file.display()), ..Config::default() };
+            let database = Database::from_url(&config.database_url)?;
+            if fresh {
+                eprintln!("creating an OpenMRS 2.5 database in {}", file.display());
+                database.session().await?.execute_script(SQLITE_OPENMRS_SCHEMA).await?;
+            }
+            let model = load_model(&database, &Profile::openmrs()).await?;
+            let mut session = database.session().await?;
+            capture::install(&mut session, &model).await?;
+            if fresh {
+                let clinic = feedsync_shared::workload::WorkloadConfig { seed: args.seed, patients: args.patients, ..Default::default() };
+                let log = feedsync_shared::workload::run(&mut session, &clinic).await?;
+                eprintln!("simulated clinic: {} patients registered, {} rows written", args.patients, log.writes().count());
+            }
+            drop(session);
+            let mut config = config;
+            config.server.listen = args.listen;
+            serve_until_stopped(database, model, config, true).await?;
+        }
         Command::Serve(args) => {
             let mut config = load_config(&args.common)?;
             if let Some(listen) = args.listen {
@@ -172,21 +217,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::warn!(tables = %missing.join(", "), "changes to these tables are not captured; run `feed-publisher install` again");
             }
             drop(session);
-            let listener = tokio::net::TcpListener::bind(&config.server.listen)
-                .await
-                .with_context(|| format!("cannot listen on {} (in use? try --listen 127.0.0.1:PORT)", config.server.listen))?;
-            let app = Arc::new(App::new(database, model, config).await?);
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            tracing::info!(listen = %listener.local_addr()?, database = %app.database.display_name(), "serving feeds at /ws/atomfeed/{{category}}/recent");
-            let sequencer = tokio::spawn(server::run_sequencer(app.clone(), stopped.clone()));
-            let http = tokio::spawn(server::serve(app.clone(), listener, stopped));
-            tokio::signal::ctrl_c().await?;
-            tracing::info!("stopping");
-            let _ = stop.send(true);
-            let _ = sequencer.await;
-            let _ = http.await;
+            serve_until_stopped(database, model, config, false).await?;
         }
     }
+    Ok(())
+}
+
+/// Serves until Ctrl-C, then stops accepting, lets the sequencer finish its batch, and exits.
+async fn serve_until_stopped(database: Database, model: Model, config: Config, demo: bool) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (in use? try --listen 127.0.0.1:PORT)", config.server.listen))?;
+    let local = listener.local_addr()?;
+    let app = Arc::new(App::new(database, model, config).await?);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tracing::info!(listen = %local, database = %app.database.display_name(), "serving feeds at /ws/atomfeed/{{category}}/recent");
+    if demo {
+        println!("feeds:      http://{local}/ws/atomfeed/all/recent (every change), http://{local}/ws/atomfeed/patient/recent");
+        println!("categories: http://{local}/ws/atomfeed");
+        println!("database:   {} (write to it and watch the feed grow); Ctrl-C stops", app.database.display_name());
+    }
+    let sequencer = tokio::spawn(server::run_sequencer(app.clone(), stopped.clone()));
+    let http = tokio::spawn(server::serve(app.clone(), listener, stopped));
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("stopping");
+    let _ = stop.send(true);
+    let _ = sequencer.await;
+    let _ = http.await;
     Ok(())
 }
 
