@@ -43,6 +43,7 @@ pub struct App {
     /// Time shown as `updated` on a feed page with no entries yet.
     pub installed_at: String,
     requests: Semaphore,
+    archived_pages: std::sync::Mutex<PageCache>,
 }
 
 impl App {
@@ -62,7 +63,15 @@ impl App {
             .map(|t| t.with_timezone(&chrono::Utc).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
             .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into());
         let requests = Semaphore::new(config.limits.requests_in_flight_max);
-        Ok(App { database, model, config, feed_id_base: format!("urn:uuid:{install_id}"), installed_at, requests })
+        Ok(App {
+            database,
+            model,
+            config,
+            feed_id_base: format!("urn:uuid:{install_id}"),
+            installed_at,
+            requests,
+            archived_pages: std::sync::Mutex::new(PageCache::default()),
+        })
     }
 }
 
@@ -108,11 +117,68 @@ fn error_response(e: HttpError) -> HttpResponse {
 struct Reply {
     status: StatusCode,
     content_type: &'static str,
-    body: Vec<u8>,
+    body: Bytes,
     /// Archived pages: strong ETag and a long cache lifetime.
     immutable: bool,
     /// Send an ETag (strong if immutable, weak otherwise).
     etag: bool,
+    /// Already compressed body and digest, when cached.
+    cached: Option<Arc<CachedPage>>,
+}
+
+impl Reply {
+    fn json(status: StatusCode, body: Vec<u8>, etag: bool) -> Reply {
+        Reply { status, content_type: "application/json", body: body.into(), immutable: false, etag, cached: None }
+    }
+}
+
+/// An archived page's bytes, compressed form and digest, computed once: the page never changes.
+pub struct CachedPage {
+    body: Bytes,
+    gzip: Bytes,
+    digest: String,
+}
+
+/// Most bytes of archived pages kept in memory (plain plus gzip); the oldest go first.
+pub const PAGE_CACHE_BYTES_MAX: usize = 64 << 20;
+
+#[derive(Default)]
+struct PageCache {
+    pages: std::collections::HashMap<String, Arc<CachedPage>>,
+    order: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+impl PageCache {
+    fn get(&self, key: &str) -> Option<Arc<CachedPage>> {
+        self.pages.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: String, page: Arc<CachedPage>) {
+        let size = page.body.len() + page.gzip.len();
+        if size > PAGE_CACHE_BYTES_MAX || self.pages.contains_key(&key) {
+            return;
+        }
+        while self.bytes + size > PAGE_CACHE_BYTES_MAX {
+            let Some(oldest) = self.order.pop_front() else { break };
+            if let Some(old) = self.pages.remove(&oldest) {
+                self.bytes -= old.body.len() + old.gzip.len();
+            }
+        }
+        self.bytes += size;
+        self.order.push_back(key.clone());
+        self.pages.insert(key, page);
+    }
+}
+
+fn digest(body: &[u8]) -> String {
+    hex(&Sha256::digest(body)[..16])
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::default());
+    encoder.write_all(body).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
 }
 
 fn finish(reply: Reply, request_headers: &hyper::HeaderMap) -> HttpResponse {
@@ -122,7 +188,7 @@ fn finish(reply: Reply, request_headers: &hyper::HeaderMap) -> HttpResponse {
         .is_some_and(|v| v.split(',').any(|p| p.trim().starts_with("gzip")));
     let gzip = accepts_gzip && reply.body.len() >= GZIP_BYTES_MIN;
     let etag = reply.etag.then(|| {
-        let digest = hex(&Sha256::digest(&reply.body)[..16]);
+        let digest = reply.cached.as_ref().map_or_else(|| digest(&reply.body), |c| c.digest.clone());
         let tag = if gzip { format!("\"{digest}-gz\"") } else { format!("\"{digest}\"") };
         if reply.immutable { tag } else { format!("W/{tag}") }
     });
@@ -133,15 +199,13 @@ fn finish(reply: Reply, request_headers: &hyper::HeaderMap) -> HttpResponse {
             .is_some_and(|v| v.split(',').any(|c| c.trim().trim_start_matches("W/") == tag.trim_start_matches("W/")))
     });
     let body = if not_modified {
-        Vec::new()
+        Bytes::new()
     } else if gzip {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(reply.body.len() / 4), flate2::Compression::default());
-        encoder.write_all(&reply.body).expect("writing to memory");
-        encoder.finish().expect("writing to memory")
+        reply.cached.as_ref().map_or_else(|| Bytes::from(self::gzip(&reply.body)), |c| c.gzip.clone())
     } else {
         reply.body
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = if not_modified { StatusCode::NOT_MODIFIED } else { reply.status };
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
@@ -250,16 +314,24 @@ async fn feed_page(app: &App, request: &Request<Incoming>, feed: &str, page: &st
             "start from /recent and follow prev-archive links",
         ));
     }
-    let events = feed::page_events(&mut session, feed, number).await?;
     let links = PageLinks { base: base_url(app, request) };
-    let body = feed::render(feed, number, open, recent, &events, &links, &app.feed_id_base, &app.installed_at);
-    Ok(Reply {
-        status: StatusCode::OK,
-        content_type: "application/atom+xml; charset=utf-8",
-        body,
-        immutable: number < open && !recent,
-        etag: true,
-    })
+    let archived = number < open && !recent;
+    let cache_key = format!("{}|{feed}|{number}", links.base);
+    if archived && let Some(cached) = app.archived_pages.lock().expect("cache lock").get(&cache_key) {
+        return Ok(page_reply(cached.body.clone(), true, Some(cached)));
+    }
+    let events = feed::page_events(&mut session, feed, number).await?;
+    let body = Bytes::from(feed::render(feed, number, open, recent, &events, &links, &app.feed_id_base, &app.installed_at));
+    if !archived {
+        return Ok(page_reply(body, false, None));
+    }
+    let cached = Arc::new(CachedPage { gzip: Bytes::from(gzip(&body)), digest: digest(&body), body: body.clone() });
+    app.archived_pages.lock().expect("cache lock").insert(cache_key, cached.clone());
+    Ok(page_reply(body, true, Some(cached)))
+}
+
+fn page_reply(body: Bytes, immutable: bool, cached: Option<Arc<CachedPage>>) -> Reply {
+    Reply { status: StatusCode::OK, content_type: "application/atom+xml; charset=utf-8", body, immutable, etag: true, cached }
 }
 
 async fn feed_list(app: &App) -> Result<Reply, HttpError> {
@@ -269,8 +341,7 @@ async fn feed_list(app: &App) -> Result<Reply, HttpError> {
     feeds.push(ALL_FEED.into());
     feeds.sort();
     feeds.dedup();
-    let body = serde_json::json!({ "feeds": feeds }).to_string().into_bytes();
-    Ok(Reply { status: StatusCode::OK, content_type: "application/json", body, immutable: false, etag: true })
+    Ok(Reply::json(StatusCode::OK, serde_json::json!({ "feeds": feeds }).to_string().into_bytes(), true))
 }
 
 /// Looks up one resource link: the resource, its tombstone, or why neither.
@@ -317,7 +388,7 @@ async fn single_resource(app: &App, path: &str) -> Result<Reply, HttpError> {
         _ => return Err(HttpError::new(status, item.error.unwrap_or_default(), "resource links come from feed entries' content")),
     }
     .expect("resources serialize");
-    Ok(Reply { status, content_type: "application/json", body, immutable: false, etag: true })
+    Ok(Reply::json(status, body, true))
 }
 
 async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError> {
@@ -354,8 +425,7 @@ async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
     for link in &request.resources {
         resources.push(lookup(app, &mut session, link, &mut cache).await?);
     }
-    let body = serde_json::to_vec(&BatchResponse { resources }).expect("batch serializes");
-    Ok(Reply { status: StatusCode::OK, content_type: "application/json", body, immutable: false, etag: false })
+    Ok(Reply::json(StatusCode::OK, serde_json::to_vec(&BatchResponse { resources }).expect("batch serializes"), false))
 }
 
 fn too_large(max: usize) -> HttpError {
@@ -371,7 +441,7 @@ async fn health(app: &App) -> Result<Reply, HttpError> {
         "journal_backlog": backlog.first().and_then(|r| r.i64("n")),
         "last_event_seq": events.first().and_then(|r| r.i64("n")),
     });
-    Ok(Reply { status: StatusCode::OK, content_type: "application/json", body: body.to_string().into_bytes(), immutable: false, etag: false })
+    Ok(Reply::json(StatusCode::OK, body.to_string().into_bytes(), false))
 }
 
 /// Publishes journal rows until shut down, backing off while the database fails.

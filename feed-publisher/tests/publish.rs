@@ -86,7 +86,17 @@ async fn workload_is_published(source: Source) {
         assert_eq!(reply.status, 410, "{link}: {}", reply.text());
         assert_eq!(reply.json()["deleted"], true);
     }
-    assert!(last_action.values().any(|(a, _)| *a == "DELETED"), "the workload deletes join rows");
+    // A hard delete by plain SQL, whoever wrote it: its resource answers 410 with a tombstone.
+    let gone = "00000000-0000-4000-8000-0000000000aa";
+    session
+        .execute("INSERT INTO location (name, creator, date_created, retired, uuid) VALUES ('Closed HC', 1, '2024-01-01 00:00:00', 0, ?)", &[gone.into()])
+        .await
+        .unwrap();
+    session.execute("DELETE FROM location WHERE uuid = ?", &[gone.into()]).await.unwrap();
+    assert_eq!(publisher.publish().await, 2);
+    let reply = publisher.get(&resource_path("", "location", gone)).await;
+    assert_eq!(reply.status, 410, "{}", reply.text());
+    assert_eq!(reply.json()["key"], gone);
 
     feedparser_check(&all.pages);
 

@@ -146,28 +146,24 @@ pub struct LookupCache {
 /// Entries a cache holds before it is cleared, so a long batch cannot grow it without bound.
 const LOOKUP_CACHE_ENTRIES_MAX: usize = 50_000;
 
-/// Finds the primary key values of the local row with this identity.
-pub async fn find_primary_key(session: &mut Session, model: &Model, table: &str, key: &str) -> DbResult<Option<Vec<Value>>> {
-    let Some(entity) = model.entity(table) else { return Ok(None) };
-    if entity.primary_key.is_empty() {
-        // Keyless join rows have no key to return; find_row reads them by their joined columns.
-        return Ok(None);
-    }
+/// The condition on `entity`'s own columns that selects the row with identity `key`, or
+/// `None` when a row it depends on (a parent, a joined row) does not exist here.
+async fn identity_condition(
+    session: &mut Session,
+    model: &Model,
+    entity: &Entity,
+    key: &str,
+) -> DbResult<Option<(String, Vec<Value>)>> {
     let dialect = session.dialect();
-    let pk_list: Vec<String> = entity.primary_key.iter().map(|c| quote_ident(dialect, c)).collect();
-    let select_pk = |condition: &str| {
-        format!("SELECT {} FROM {} WHERE {condition}", pk_list.join(", "), quote_ident(dialect, table))
-    };
-    let (sql, params): (String, Vec<Value>) = match &entity.identity {
-        Identity::Uuid { column } | Identity::TextKey { column } => {
-            (select_pk(&format!("{} = ?", quote_ident(dialect, column))), vec![key.into()])
-        }
+    let equals = |column: &str| format!("{} = ?", quote_ident(dialect, column));
+    Ok(match &entity.identity {
+        Identity::Uuid { column } | Identity::TextKey { column } => Some((equals(column), vec![key.into()])),
         Identity::Parent { column, parent_table } => {
-            let Some(parent_pk) = Box::pin(find_primary_key(session, model, parent_table, key)).await? else {
-                return Ok(None);
-            };
-            let Some(value) = parent_pk.into_iter().next() else { return Ok(None) };
-            (select_pk(&format!("{} = ?", quote_ident(dialect, column))), vec![value])
+            let target_column = entity.reference(column).map(|r| r.target_column.as_str()).unwrap_or_default();
+            match Box::pin(referenced_value(session, model, parent_table, target_column, key)).await? {
+                Some(value) => Some((equals(column), vec![value])),
+                None => None,
+            }
         }
         Identity::Join { parts } => {
             let Some(pieces) = split_join_key(key, parts.len()) else { return Ok(None) };
@@ -176,55 +172,52 @@ pub async fn find_primary_key(session: &mut Session, model: &Model, table: &str,
             for (part, piece) in parts.iter().zip(pieces) {
                 let value = match &part.target_table {
                     Some(target) => {
-                        let target_column =
-                            entity.reference(&part.column).map(|r| r.target_column.clone()).unwrap_or_default();
-                        match Box::pin(find_row(session, model, target, piece)).await? {
-                            Some(row) => row.get(&target_column).clone(),
+                        let target_column = entity.reference(&part.column).map(|r| r.target_column.as_str()).unwrap_or_default();
+                        match Box::pin(referenced_value(session, model, target, target_column, piece)).await? {
+                            Some(value) => value,
                             None => return Ok(None),
                         }
                     }
                     None => Value::Text(piece.to_owned()),
                 };
-                conditions.push(format!("{} = ?", quote_ident(dialect, &part.column)));
+                conditions.push(equals(&part.column));
                 params.push(value);
             }
-            (select_pk(&conditions.join(" AND ")), params)
+            Some((conditions.join(" AND "), params))
         }
-    };
-    let rows = session.query(&sql, &params).await?;
-    Ok(rows.into_iter().next().map(|r| r.values))
+    })
 }
 
-/// Reads the local row with this identity.
+/// The value of `column` in the local row of `table` with identity `key`: what a reference to
+/// that row holds here.
+async fn referenced_value(session: &mut Session, model: &Model, table: &str, column: &str, key: &str) -> DbResult<Option<Value>> {
+    let Some(entity) = model.entity(table) else { return Ok(None) };
+    let Some((condition, params)) = identity_condition(session, model, entity, key).await? else { return Ok(None) };
+    let dialect = session.dialect();
+    let sql = format!("SELECT {} FROM {} WHERE {condition}", quote_ident(dialect, column), quote_ident(dialect, table));
+    Ok(session.query(&sql, &params).await?.into_iter().next().and_then(|r| r.values.into_iter().next()))
+}
+
+/// Finds the primary key values of the local row with this identity (empty for a keyless
+/// join row that exists).
+pub async fn find_primary_key(session: &mut Session, model: &Model, table: &str, key: &str) -> DbResult<Option<Vec<Value>>> {
+    let Some(entity) = model.entity(table) else { return Ok(None) };
+    if entity.primary_key.is_empty() {
+        return Ok(find_row(session, model, table, key).await?.map(|_| Vec::new()));
+    }
+    let Some((condition, params)) = identity_condition(session, model, entity, key).await? else { return Ok(None) };
+    let dialect = session.dialect();
+    let columns: Vec<String> = entity.primary_key.iter().map(|c| quote_ident(dialect, c)).collect();
+    let sql = format!("SELECT {} FROM {} WHERE {condition}", columns.join(", "), quote_ident(dialect, table));
+    Ok(session.query(&sql, &params).await?.into_iter().next().map(|r| r.values))
+}
+
+/// Reads the local row with this identity: one statement for uuid and text-key tables.
 pub async fn find_row(session: &mut Session, model: &Model, table: &str, key: &str) -> DbResult<Option<Row>> {
     let Some(entity) = model.entity(table) else { return Ok(None) };
-    let dialect = session.dialect();
-    if entity.primary_key.is_empty() {
-        let Identity::Join { parts } = &entity.identity else { return Ok(None) };
-        let Some(pieces) = split_join_key(key, parts.len()) else { return Ok(None) };
-        let mut conditions = Vec::new();
-        let mut params = Vec::new();
-        for (part, piece) in parts.iter().zip(pieces) {
-            let value = match &part.target_table {
-                Some(target) => {
-                    let target_column = entity.reference(&part.column).map(|r| r.target_column.clone()).unwrap_or_default();
-                    match Box::pin(find_row(session, model, target, piece)).await? {
-                        Some(row) => row.get(&target_column).clone(),
-                        None => return Ok(None),
-                    }
-                }
-                None => Value::Text(piece.to_owned()),
-            };
-            conditions.push(format!("{} = ?", quote_ident(dialect, &part.column)));
-            params.push(value);
-        }
-        let sql = format!("SELECT * FROM {} WHERE {}", quote_ident(dialect, table), conditions.join(" AND "));
-        return Ok(session.query(&sql, &params).await?.into_iter().next());
-    }
-    let Some(pk) = find_primary_key(session, model, table, key).await? else { return Ok(None) };
-    let conditions: Vec<String> = entity.primary_key.iter().map(|c| format!("{} = ?", quote_ident(dialect, c))).collect();
-    let sql = format!("SELECT * FROM {} WHERE {}", quote_ident(dialect, table), conditions.join(" AND "));
-    Ok(session.query(&sql, &pk).await?.into_iter().next())
+    let Some((condition, params)) = identity_condition(session, model, entity, key).await? else { return Ok(None) };
+    let sql = format!("SELECT * FROM {} WHERE {condition}", quote_ident(session.dialect(), table));
+    Ok(session.query(&sql, &params).await?.into_iter().next())
 }
 
 /// The identity of the row `value` references through `column` of `entity`.
