@@ -359,40 +359,20 @@ fn drop_trigger_sql(dialect: Dialect, name: &str) -> String {
 
 /// Every trigger in the database carrying the toolkit's prefix.
 pub async fn list_triggers(session: &mut Session) -> DbResult<Vec<String>> {
-    let rows = match session.dialect() {
-        Dialect::MySql => {
-            session
-                .query(
-                    "SELECT TRIGGER_NAME AS name FROM information_schema.TRIGGERS \
-                     WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE 'feedsync\\_%'",
-                    &[],
-                )
-                .await?
-        }
-        Dialect::Sqlite => {
-            session.query("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'feedsync\\_%' ESCAPE '\\'", &[]).await?
-        }
-    };
-    Ok(rows.iter().filter_map(|r| r.text("name")).collect())
+    list_prefixed(session, "TRIGGER_NAME", "information_schema.TRIGGERS WHERE TRIGGER_SCHEMA", "trigger").await
 }
 
 /// Every table in the database carrying the toolkit's prefix.
 pub async fn list_tables(session: &mut Session) -> DbResult<Vec<String>> {
-    let rows = match session.dialect() {
-        Dialect::MySql => {
-            session
-                .query(
-                    "SELECT TABLE_NAME AS name FROM information_schema.TABLES \
-                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'feedsync\\_%'",
-                    &[],
-                )
-                .await?
-        }
-        Dialect::Sqlite => {
-            session.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'feedsync\\_%' ESCAPE '\\'", &[]).await?
-        }
+    list_prefixed(session, "TABLE_NAME", "information_schema.TABLES WHERE TABLE_SCHEMA", "table").await
+}
+
+async fn list_prefixed(session: &mut Session, mysql_column: &str, mysql_from: &str, sqlite_type: &str) -> DbResult<Vec<String>> {
+    let sql = match session.dialect() {
+        Dialect::MySql => format!("SELECT {mysql_column} AS name FROM {mysql_from} = DATABASE() AND {mysql_column} LIKE 'feedsync\\_%'"),
+        Dialect::Sqlite => format!("SELECT name FROM sqlite_master WHERE type = '{sqlite_type}' AND name LIKE 'feedsync\\_%' ESCAPE '\\'"),
     };
-    Ok(rows.iter().filter_map(|r| r.text("name")).collect())
+    Ok(session.query(&sql, &[]).await?.iter().filter_map(|r| r.text("name")).collect())
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -102,3 +102,37 @@ async fn install_cycle_mariadb_198() {
 async fn install_cycle_sqlite() {
     check_install_cycle(Source::Sqlite25).await;
 }
+
+/// A database that lost every constraint in a dump and restore publishes the same: the core
+/// references come from the profile, not from declared keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_without_constraints_has_the_same_model() {
+    let Some(test) = TestDatabase::create(Source::MySql25) else { return };
+    let db = &test.database;
+    let mut s = db.session().await.unwrap();
+    let with = model::build(&read_schema(&mut s, db.schema_name()).await.unwrap(), &Profile::openmrs());
+    let constraints = s
+        .query(
+            "SELECT TABLE_NAME AS t, CONSTRAINT_NAME AS c FROM information_schema.TABLE_CONSTRAINTS \
+             WHERE TABLE_SCHEMA = DATABASE() AND CONSTRAINT_TYPE = 'FOREIGN KEY'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(constraints.len() > 300, "the 2.5 dump declares its foreign keys ({})", constraints.len());
+    for row in &constraints {
+        let (t, c) = (row.text("t").unwrap(), row.text("c").unwrap());
+        s.execute_script(&format!("ALTER TABLE `{t}` DROP FOREIGN KEY `{c}`")).await.unwrap();
+    }
+    let without = model::build(&read_schema(&mut s, db.schema_name()).await.unwrap(), &Profile::openmrs());
+    assert!(read_schema(&mut s, db.schema_name()).await.unwrap().tables.values().all(|t| t.foreign_keys.is_empty()));
+    assert_eq!(with.entities.keys().collect::<Vec<_>>(), without.entities.keys().collect::<Vec<_>>());
+    for (table, entity) in &with.entities {
+        let other = &without.entities[table];
+        let refs = |e: &model::Entity| e.references.iter().map(|r| (r.column.clone(), r.target_table.clone())).collect::<Vec<_>>();
+        assert_eq!(refs(entity), refs(other), "{table}: references differ without constraints");
+        assert_eq!(entity.identity, other.identity, "{table}");
+        assert_eq!(entity.patient_path.len(), other.patient_path.len(), "{table}");
+    }
+    assert_eq!(with.snapshot_order, without.snapshot_order);
+}
