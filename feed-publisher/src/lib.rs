@@ -7,6 +7,7 @@ pub mod config;
 pub mod feed;
 pub mod sequencer;
 pub mod server;
+pub mod testing;
 
 use feedsync_shared::db::{Database, DbError};
 use feedsync_shared::model::{self, Model};

@@ -1,14 +1,12 @@
 //! Faults: the publisher process killed (SIGKILL) at random points while OpenMRS-style writes
 //! go on, and restarted; the database going away under a running publisher and coming back.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Publisher, Proxy, get, walk_at};
+use feed_publisher::testing::{Publisher, Proxy, get, walk_at};
 use feedsync_shared::testing::{Source, TestDatabase, unique_name};
 use feedsync_shared::workload::{self, WorkloadConfig};
 
@@ -139,7 +137,7 @@ async fn publisher_killed_at_random_points_loses_and_duplicates_nothing() {
     let (n, lo, hi) = (seqs[0].i64("n").unwrap(), seqs[0].i64("lo").unwrap(), seqs[0].i64("hi").unwrap());
     assert_eq!((lo, hi), (1, n), "event numbers are gap-free");
     assert_eq!(all.entries.len(), snapshot_rows + writes.len(), "no event lost, none duplicated");
-    common::assert_writes_published(&all.entries[snapshot_rows..], &writes);
+    feed_publisher::testing::assert_writes_published(&all.entries[snapshot_rows..], &writes);
     for (n, bytes) in &archived_seen {
         assert_eq!(&all.pages[n], bytes, "archived page {n} changed");
     }

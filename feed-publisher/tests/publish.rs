@@ -3,11 +3,9 @@
 //! archived pages never change; feedparser accepts every page; overlapping transactions are
 //! both published; bad input gets clear errors.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{Publisher, check_resource, feedparser_check, http, walk};
+use feed_publisher::testing::{Publisher, check_resource, feedparser_check, http, walk};
 use feedsync_shared::resource::{BatchResponse, resource_path};
 use feedsync_shared::testing::{Source, TestDatabase};
 use feedsync_shared::workload::{self, WorkloadConfig};
@@ -42,7 +40,7 @@ async fn workload_is_published(source: Source) {
 
     // Per entity, the feed holds the workload's writes in commit order.
     let workload_entries = &all.entries[snapshot_events..];
-    common::assert_writes_published(workload_entries, &writes);
+    feed_publisher::testing::assert_writes_published(workload_entries, &writes);
 
     // Category feeds hold exactly the all feed's entries of their category, in order.
     let categories: BTreeSet<String> = all.entries.iter().map(|e| e.categories[0].clone()).collect();

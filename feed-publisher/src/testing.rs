@@ -1,17 +1,17 @@
-//! Test harness for the publisher: a publisher on a test database served on a loopback port,
-//! a minimal HTTP/1.1 client (so the tests exercise the real server, not a mock), a feed walker
-//! that follows links as an Atom client does, and an independent reader of database rows to
-//! check resources against.
-#![allow(dead_code)]
+//! Test support for this crate's tests, the subscriber's and the benchmarks: a publisher on a
+//! test database served on a loopback port, a minimal HTTP/1.1 client (so tests exercise the
+//! real server, not a mock), a feed walker that follows links as an Atom client does, an
+//! independent reader of database rows to check resources against, and a TCP proxy that can
+//! take a database "down".
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use feed_publisher::config::Config;
-use feed_publisher::server::{self, App};
-use feed_publisher::{load_model, sequencer};
+use crate::config::Config;
+use crate::server::{self, App};
+use crate::{load_model, sequencer};
 use feedsync_shared::capture;
 use feedsync_shared::db::{Database, Session, Value};
 use feedsync_shared::model::Model;
