@@ -1,1 +1,227 @@
-fn main() {}
+//! `feed-subscriber`: follow feeds, fetch the resources they name, apply them to an OpenMRS
+//! database by identity; show and act on what waits. Errors print one line and a hint;
+//! exit codes: 0 success, 1 failure, 2 bad command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use feed_subscriber::client::HttpClient;
+use feed_subscriber::config::Config;
+use feed_subscriber::engine::Subscriber;
+use feed_subscriber::state;
+use feedsync_shared::db::Database;
+use feedsync_shared::model;
+use feedsync_shared::profile::Profile;
+use feedsync_shared::schema::read_schema;
+
+#[derive(Parser)]
+#[command(
+    name = "feed-subscriber",
+    version,
+    about = "Follow feed-publisher feeds and apply their changes to an OpenMRS database",
+    long_about = "Follow feed-publisher feeds and apply their changes to an OpenMRS database, by identity.\n\n\
+        A change that cannot apply yet (its references have not arrived, or the database refused it) is kept \
+        with its reason and retried; only later changes to the same entity wait behind it. Nothing is skipped \
+        unless an operator says so, with a reason that is kept.",
+    after_help = "Example: feed-subscriber run --feed http://parent:8086/ws/atomfeed/all/recent --db mysql://openmrs:secret@127.0.0.1:3306/openmrs --once\n\
+        Then:    feed-subscriber status --db mysql://openmrs:secret@127.0.0.1:3306/openmrs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Follow feeds and apply their changes; with --once, until caught up, then exit.
+    Run(RunArgs),
+    /// Markers per feed, and every queued change with its reason and what it waits for.
+    Status(DbArgs),
+    /// Make failed changes due now (one with --change ID, or all).
+    Retry(ActArgs),
+    /// Skip one queued change; its reason is kept. Later changes to the entity then go ahead.
+    Skip(SkipArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Feed URL to follow (repeat for several).
+    #[arg(long = "feed")]
+    feeds: Vec<String>,
+    /// Target database URL (overrides database_url in the config file).
+    #[arg(long, env = "FEEDSYNC_DB")]
+    db: Option<String>,
+    /// TOML config file; see examples/feed-subscriber.toml for every key and its default.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Follow until caught up, apply everything that can be applied, then exit 0.
+    #[arg(long)]
+    once: bool,
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// Target database URL.
+    #[arg(long, env = "FEEDSYNC_DB")]
+    db: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ActArgs {
+    #[arg(long, env = "FEEDSYNC_DB")]
+    db: String,
+    /// The queued change (see `status`); all failed changes when omitted.
+    #[arg(long)]
+    change: Option<i64>,
+}
+
+#[derive(Args)]
+struct SkipArgs {
+    #[arg(long, env = "FEEDSYNC_DB")]
+    db: String,
+    /// The queued change (see `status`).
+    #[arg(long)]
+    change: i64,
+    /// Why it is skipped (kept with the change).
+    #[arg(long)]
+    reason: String,
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let mut config = match &args.config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            if !args.feeds.is_empty() {
+                config.feeds = args.feeds.clone();
+            }
+            if let Some(db) = args.db {
+                config.database_url = db;
+            }
+            config.validate()?;
+            let database = Database::from_url(&config.database_url)?;
+            let mut session = database.session().await.with_context(|| format!("cannot open {}", database.display_name()))?;
+            let schema = read_schema(&mut session, database.schema_name()).await?;
+            let model = model::build(&schema, &Profile::openmrs());
+            anyhow::ensure!(!model.entities.is_empty(), "{} holds no OpenMRS tables: load an OpenMRS schema first", database.display_name());
+            state::prepare(&mut session).await?;
+            drop(session);
+            let subscriber = Subscriber { database, model, client: HttpClient::new(Default::default()), path_prefix: config.path_prefix.clone() };
+            if args.once {
+                let p = subscriber.sync_until_caught_up(&config.feeds).await?;
+                println!(
+                    "caught up: {} entries read, {} applied, {} queued, {} queued earlier now applied",
+                    p.entries_read, p.applied, p.queued, p.unblocked
+                );
+                return Ok(());
+            }
+            loop {
+                tokio::select! {
+                    result = subscriber.sync_until_caught_up(&config.feeds) => match result {
+                        Ok(p) if p.entries_read > 0 || p.unblocked > 0 => tracing::info!(read = p.entries_read, applied = p.applied, queued = p.queued, unblocked = p.unblocked, "synced"),
+                        Ok(_) => {}
+                        Err(e) if e.is_retryable() => tracing::warn!(error = %e, "will retry"),
+                        Err(e) => return Err(e.into()),
+                    },
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+                tokio::time::sleep(Duration::from_millis(config.poll_interval_ms)).await;
+            }
+        }
+        Command::Status(args) => {
+            let database = Database::from_url(&args.db)?;
+            let mut session = database.session().await?;
+            state::prepare(&mut session).await?;
+            let feeds = state::all_feeds(&mut session).await?;
+            let changes = state::all_changes(&mut session, state::QUEUE_PAGE_ROWS_MAX).await?;
+            if args.json {
+                let json = serde_json::json!({
+                    "feeds": feeds.iter().map(|f| serde_json::json!({
+                        "feed": f.feed_url, "marker_entry_id": f.marker_entry_id, "marker_page_url": f.marker_page_url,
+                        "entries_read": f.entries_read, "last_read_at": f.last_read_at, "last_error": f.last_error,
+                    })).collect::<Vec<_>>(),
+                    "changes": changes.iter().map(|c| serde_json::json!({
+                        "change": c.change_id, "status": c.status.as_str(), "table": c.table_name, "key": c.entity_key,
+                        "entry_id": c.entry_id, "reason": c.reason, "waits_for": c.waits_for, "attempts": c.attempts,
+                        "next_attempt_at": c.next_attempt_at, "skip_reason": c.skip_reason,
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&json)?);
+            } else {
+                for f in &feeds {
+                    println!("feed {}", f.feed_url);
+                    println!("  marker: {} on {}", f.marker_entry_id.as_deref().unwrap_or("(none: starts at the first page)"), f.marker_page_url.as_deref().unwrap_or("-"));
+                    println!("  entries read: {}; last read: {}", f.entries_read, f.last_read_at.as_deref().unwrap_or("never"));
+                    if let Some(e) = &f.last_error {
+                        println!("  last error: {e}");
+                    }
+                }
+                if feeds.is_empty() {
+                    println!("no feed followed yet");
+                }
+                let (mut waiting, mut failed) = (0, 0);
+                for c in &changes {
+                    match c.status {
+                        state::Status::Waiting => waiting += 1,
+                        state::Status::Failed => failed += 1,
+                        state::Status::Skipped => {}
+                    }
+                    println!(
+                        "change #{} {} {} {}: {}{}",
+                        c.change_id,
+                        c.status.as_str(),
+                        c.table_name,
+                        c.entity_key,
+                        c.reason.as_deref().unwrap_or(""),
+                        c.skip_reason.as_deref().map(|r| format!(" (skipped: {r})")).unwrap_or_default()
+                    );
+                }
+                println!("{waiting} waiting, {failed} failed");
+            }
+            drop(session);
+            database.close().await;
+        }
+        Command::Retry(args) => {
+            let database = Database::from_url(&args.db)?;
+            let mut session = database.session().await?;
+            state::prepare(&mut session).await?;
+            let n = state::retry_now(&mut session, args.change).await?;
+            println!("{n} failed changes are due now; the next `run` retries them");
+            drop(session);
+            database.close().await;
+        }
+        Command::Skip(args) => {
+            anyhow::ensure!(!args.reason.trim().is_empty(), "a reason is required: --reason \"why this change is skipped\"");
+            let database = Database::from_url(&args.db)?;
+            let mut session = database.session().await?;
+            state::prepare(&mut session).await?;
+            let n = state::skip(&mut session, args.change, args.reason.trim()).await?;
+            anyhow::ensure!(n == 1, "no queued change #{} (see `feed-subscriber status`)", args.change);
+            println!("change #{} skipped; its reason is kept", args.change);
+            drop(session);
+            database.close().await;
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -2,7 +2,9 @@
 //! database, the OpenMRS profile, entity identity, and the wire types of the publisher's
 //! resources. Nothing here speaks HTTP or renders feeds.
 
+pub mod apply;
 pub mod capture;
+pub mod compare;
 pub mod db;
 pub mod model;
 pub mod mysql_dump;

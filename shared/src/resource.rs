@@ -148,7 +148,7 @@ const LOOKUP_CACHE_ENTRIES_MAX: usize = 50_000;
 
 /// The condition on `entity`'s own columns that selects the row with identity `key`, or
 /// `None` when a row it depends on (a parent, a joined row) does not exist here.
-async fn identity_condition(
+pub async fn identity_condition(
     session: &mut Session,
     model: &Model,
     entity: &Entity,
@@ -190,7 +190,7 @@ async fn identity_condition(
 
 /// The value of `column` in the local row of `table` with identity `key`: what a reference to
 /// that row holds here.
-async fn referenced_value(session: &mut Session, model: &Model, table: &str, column: &str, key: &str) -> DbResult<Option<Value>> {
+pub async fn referenced_value(session: &mut Session, model: &Model, table: &str, column: &str, key: &str) -> DbResult<Option<Value>> {
     let Some(entity) = model.entity(table) else { return Ok(None) };
     let Some((condition, params)) = identity_condition(session, model, entity, key).await? else { return Ok(None) };
     let dialect = session.dialect();

@@ -1,0 +1,208 @@
+//! Subscriber acceptance: a publisher on database A, the subscriber applying into database B,
+//! both loaded from the same real dump; after an OpenMRS-style workload at A, B holds exactly
+//! A's data compared by identity. Also: a poisoned change fails alone and recovers; the
+//! subscriber killed at many points converges with no duplicates.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use feed_publisher::testing::Publisher;
+use feed_subscriber::client::HttpClient;
+use feed_subscriber::engine::Subscriber;
+use feed_subscriber::state;
+use feedsync_shared::compare::{CompareOptions, Comparison, compare};
+use feedsync_shared::db::Database;
+use feedsync_shared::model::Model;
+use feedsync_shared::profile::Profile;
+use feedsync_shared::testing::{Source, TestDatabase};
+use feedsync_shared::workload::{self, WorkloadConfig};
+
+async fn model_of(database: &Database) -> Model {
+    feed_publisher::load_model(database, &Profile::openmrs()).await.unwrap()
+}
+
+fn subscriber(database: &Database, model: Model) -> Subscriber {
+    Subscriber { database: database.clone(), model, client: HttpClient::default(), path_prefix: String::new() }
+}
+
+async fn compare_ab(a: &Database, b: &Database) -> Comparison {
+    let (model_a, model_b) = (model_of(a).await, model_of(b).await);
+    let mut sa = a.session().await.unwrap();
+    let mut sb = b.session().await.unwrap();
+    compare(&mut sa, &model_a, &mut sb, &model_b, &CompareOptions::default()).await.unwrap()
+}
+
+/// Makes B's auto-increment counters differ from A's, so local ids really need translating.
+async fn diverge_local_ids(b: &Database) {
+    let mut s = b.session().await.unwrap();
+    for i in 0..3 {
+        s.execute(
+            "INSERT INTO location (name, creator, date_created, retired, uuid) VALUES (?, 1, '2020-01-01 00:00:00', 0, ?)",
+            &[format!("Local outpost {i}").into(), format!("00000000-0000-4000-8000-00000000b00{i}").into()],
+        )
+        .await
+        .unwrap();
+        s.execute("DELETE FROM location WHERE uuid = ?", &[format!("00000000-0000-4000-8000-00000000b00{i}").into()]).await.unwrap();
+    }
+}
+
+async fn a_to_b(source_a: Source, source_b: Source) -> Option<Comparison> {
+    let test_a = TestDatabase::create(source_a)?;
+    let test_b = TestDatabase::create(source_b)?;
+    let publisher = Publisher::start(&test_a.database, |c| c.feed.page_size = 100).await;
+    let mut sa = test_a.database.session().await.unwrap();
+    workload::run(&mut sa, &WorkloadConfig { seed: 21, ..WorkloadConfig::default() }).await.unwrap();
+    publisher.publish().await;
+    diverge_local_ids(&test_b.database).await;
+
+    let feed = format!("http://{}/ws/atomfeed/all/recent", publisher.addr);
+    let sub = subscriber(&test_b.database, model_of(&test_b.database).await);
+    let progress = sub.sync_until_caught_up(std::slice::from_ref(&feed)).await.expect("sync");
+    assert!(progress.entries_read > 500, "{progress:?}");
+    let mut sb = test_b.database.session().await.unwrap();
+    let queued = state::all_changes(&mut sb, 100).await.unwrap();
+    let comparison = compare_ab(&test_a.database, &test_b.database).await;
+
+    // Applying again changes nothing: a second round reads nothing new, and a fresh marker-less
+    // replay of the whole feed leaves the data as it was.
+    let again = sub.sync_until_caught_up(std::slice::from_ref(&feed)).await.unwrap();
+    assert_eq!((again.entries_read, again.applied), (0, 0));
+    sb.execute("DELETE FROM feedsync_sub_feed", &[]).await.unwrap();
+    let replay = sub.sync_until_caught_up(std::slice::from_ref(&feed)).await.unwrap();
+    assert_eq!(replay.entries_read, progress.entries_read);
+    let after_replay = compare_ab(&test_a.database, &test_b.database).await;
+    assert_eq!(after_replay.differences(), comparison.differences(), "replaying the feed changes nothing");
+    if source_a == source_b {
+        assert!(queued.is_empty(), "nothing left queued: {queued:?}");
+    }
+    Some(comparison)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_25_to_25_converges() {
+    let Some(c) = a_to_b(Source::MySql25, Source::MySql25).await else { return };
+    assert!(c.is_equal(), "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_198_to_198_converges() {
+    let Some(c) = a_to_b(Source::MySql198, Source::MySql198).await else { return };
+    assert!(c.is_equal(), "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_to_sqlite_converges() {
+    let Some(c) = a_to_b(Source::Sqlite25, Source::Sqlite25).await else { return };
+    assert!(c.is_equal(), "{c}");
+}
+
+/// Across versions the rows still arrive; columns 1.9.8 lacks are reported, not fatal.
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_25_to_198_reports_differences_without_failing() {
+    let Some(c) = a_to_b(Source::MySql25, Source::MySql198).await else { return };
+    // B keeps its own 1.9.8 metadata (rows only in B); everything A has arrived unchanged.
+    for t in &c.tables {
+        assert_eq!((t.only_in_a, t.differing), (0, 0), "{}: every row of A arrived with equal values\n{c}", t.table);
+    }
+    for table in ["person", "patient", "encounter", "obs", "visit"] {
+        assert!(c.table(table).unwrap().rows_a > 0, "{table} compared");
+    }
+    let obs = c.table("obs").unwrap();
+    assert!(obs.columns_only_in_a.iter().any(|col| col == "status"), "obs.status is 2.x only: {:?}", obs.columns_only_in_a);
+}
+
+/// A location-like clash: an encounter type whose unique name B already holds under another
+/// uuid. It fails alone with the database's reason; what depends on it waits; everything else
+/// applies; after the clash is fixed, a retry applies it and its dependents.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poisoned_change_fails_alone_and_recovers() {
+    let Some(test_a) = TestDatabase::create(Source::MySql25) else { return };
+    let Some(test_b) = TestDatabase::create(Source::MySql25) else { return };
+    let publisher = Publisher::start(&test_a.database, |_| {}).await;
+    let mut sa = test_a.database.session().await.unwrap();
+    workload::run(&mut sa, &WorkloadConfig { seed: 5, ..WorkloadConfig::default() }).await.unwrap();
+    publisher.publish().await;
+    let mut sb = test_b.database.session().await.unwrap();
+    let clash = "00000000-0000-4000-8000-0000000c1a54";
+    sb.execute(
+        "INSERT INTO encounter_type (name, description, creator, date_created, retired, uuid) VALUES ('Consultation', 'local', 1, '2020-01-01 00:00:00', 0, ?)",
+        &[clash.into()],
+    )
+    .await
+    .unwrap();
+
+    let feed = format!("http://{}/ws/atomfeed/all/recent", publisher.addr);
+    let sub = subscriber(&test_b.database, model_of(&test_b.database).await);
+    sub.sync_until_caught_up(std::slice::from_ref(&feed)).await.unwrap();
+    let queued = state::all_changes(&mut sb, 1000).await.unwrap();
+    let failed: Vec<_> = queued.iter().filter(|c| c.status == state::Status::Failed).collect();
+    assert_eq!(failed.len(), 1, "only the clashing row fails: {queued:#?}");
+    assert_eq!(failed[0].table_name, "encounter_type");
+    assert!(failed[0].reason.as_deref().unwrap().contains("Consultation"), "the exact reason: {:?}", failed[0].reason);
+    assert!(queued.iter().any(|c| c.table_name == "encounter" && c.waits_for.iter().any(|w| w.starts_with("encounter_type/"))));
+    let c = compare_ab(&test_a.database, &test_b.database).await;
+    for table in ["person", "patient", "visit", "person_name", "patient_identifier"] {
+        let t = c.table(table).unwrap();
+        assert_eq!(t.only_in_a, 0, "{table} applied although encounters wait:\n{c}");
+    }
+    assert!(c.table("encounter").unwrap().only_in_a > 0, "encounters wait for their type");
+
+    // The operator renames the local type; a retry applies the change and its dependents.
+    sb.execute("UPDATE encounter_type SET name = 'Consultation (local)' WHERE uuid = ?", &[clash.into()]).await.unwrap();
+    state::retry_now(&mut sb, None).await.unwrap();
+    sub.sync_until_caught_up(std::slice::from_ref(&feed)).await.unwrap();
+    assert!(state::all_changes(&mut sb, 10).await.unwrap().is_empty(), "queue drained");
+    let c = compare_ab(&test_a.database, &test_b.database).await;
+    let t = c.table("encounter_type").unwrap();
+    assert_eq!((t.only_in_a, t.only_in_b, t.differing), (0, 1, 0), "only B's own local type differs:\n{c}");
+    assert_eq!(c.differences(), 1, "{c}");
+}
+
+const SUBSCRIBER: &str = env!("CARGO_BIN_EXE_feed-subscriber");
+const SUBSCRIBER_KILLS: usize = 50;
+
+/// The subscriber process killed (SIGKILL) at 50 points while applying: after restarts B
+/// converges to A with no duplicate rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriber_killed_at_many_points_converges() {
+    let Some(test_a) = TestDatabase::create(Source::MySql25) else { return };
+    let Some(test_b) = TestDatabase::create(Source::MySql25) else { return };
+    let publisher = Publisher::start(&test_a.database, |c| c.feed.page_size = 50).await;
+    let mut sa = test_a.database.session().await.unwrap();
+    workload::run(&mut sa, &WorkloadConfig { seed: 33, patients: 20, ..WorkloadConfig::default() }).await.unwrap();
+    publisher.publish().await;
+    diverge_local_ids(&test_b.database).await;
+    let feed = format!("http://{}/ws/atomfeed/all/recent", publisher.addr);
+
+    let mut delay = 0x5EEDu64;
+    let mut finished_early = 0;
+    for kill in 0..SUBSCRIBER_KILLS {
+        let mut child = Command::new(SUBSCRIBER)
+            .args(["run", "--once", "--feed", &feed, "--db", &test_b.url])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        delay = delay.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let wait = Duration::from_millis(20 + (delay >> 33) % 400);
+        let started = Instant::now();
+        while started.elapsed() < wait {
+            if child.try_wait().unwrap().is_some() {
+                finished_early += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        if kill % 10 == 0 {
+            eprintln!("kill {kill}");
+        }
+    }
+    let status = Command::new(SUBSCRIBER).args(["run", "--once", "--feed", &feed, "--db", &test_b.url]).output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let c = compare_ab(&test_a.database, &test_b.database).await;
+    assert!(c.is_equal(), "after {SUBSCRIBER_KILLS} kills ({finished_early} runs finished before their kill):\n{c}");
+    assert!(finished_early < SUBSCRIBER_KILLS / 2, "most kills landed while the subscriber was working");
+}
