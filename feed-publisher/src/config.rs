@@ -44,6 +44,9 @@ pub struct FeedConfig {
     pub sequencer_batch_rows_max: u32,
     /// Path of OpenMRS's web application on the same host, used in `rest`/`fhir` links.
     pub openmrs_base_path: String,
+    /// Publish changes a subscriber applied to this database (false: only local changes, so
+    /// nothing is echoed back to where it came from).
+    pub publish_applied_changes: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -94,6 +97,7 @@ impl Default for FeedConfig {
             sequencer_interval_ms: 1_000,
             sequencer_batch_rows_max: 500,
             openmrs_base_path: "/openmrs".into(),
+            publish_applied_changes: false,
         }
     }
 }

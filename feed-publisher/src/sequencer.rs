@@ -124,7 +124,8 @@ const EVENT_COLUMNS: [&str; 13] = [
     "location_uuid", "origin", "changed_at", "category_page", "all_page", "content",
 ];
 
-/// Publishes up to `sequencer_batch_rows_max` journal rows; returns how many.
+/// Publishes up to `sequencer_batch_rows_max` journal rows; returns how many were consumed
+/// (applied-from-feed rows are consumed without an event unless `publish_applied_changes`).
 pub async fn sequence_batch(session: &mut Session, model: &Model, config: &Config) -> DbResult<usize> {
     let dialect = session.dialect();
     if dialect == Dialect::MySql {
@@ -175,7 +176,12 @@ async fn sequence_in_transaction(session: &mut Session, model: &Model, config: &
         .filter_map(|r| Some((r.text("feed")?, PageCursor { page: r.i64("page")?, entries: r.i64("entries")? })))
         .collect();
     let before = cursors.clone();
-    let events = plan_events(&journal, model, config, next_seq, &mut cursors, &mut || uuid::Uuid::new_v4().to_string());
+    // Changes a subscriber applied here are not this server's own: unless configured to
+    // republish them (a hub passing data on), they are consumed without an event, so a child
+    // never echoes its parent's data back.
+    let publishable: Vec<JournalRow> =
+        journal.iter().filter(|j| config.feed.publish_applied_changes || j.origin.is_none()).cloned().collect();
+    let events = plan_events(&publishable, model, config, next_seq, &mut cursors, &mut || uuid::Uuid::new_v4().to_string());
 
     // One multi-row insert per chunk: a round trip per event would dominate on MySQL.
     const EVENTS_PER_INSERT_MAX: usize = 200;
@@ -229,7 +235,7 @@ async fn sequence_in_transaction(session: &mut Session, model: &Model, config: &
             message: format!("expected to remove {} journal rows, removed {deleted}; another publisher may be sequencing this database", journal.len()),
         });
     }
-    Ok(events.len())
+    Ok(journal.len())
 }
 
 async fn ensure_lock_row(session: &mut Session) -> DbResult<()> {

@@ -161,29 +161,32 @@ async fn a_poisoned_change_fails_alone_and_recovers() {
 const SUBSCRIBER: &str = env!("CARGO_BIN_EXE_feed-subscriber");
 const SUBSCRIBER_KILLS: usize = 50;
 
-/// The subscriber process killed (SIGKILL) at 50 points while applying: after restarts B
-/// converges to A with no duplicate rows.
+fn spawn(program: &str, args: &[&str]) -> std::process::Child {
+    Command::new(program).args(args).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+/// The subscriber process killed (SIGKILL) at 50 points while applying, and the publisher
+/// process killed while serving every fifth round: after restarts B converges to A with no
+/// duplicate rows.
 #[tokio::test(flavor = "multi_thread")]
-async fn subscriber_killed_at_many_points_converges() {
+async fn subscriber_and_publisher_killed_at_many_points_converge() {
     let Some(test_a) = TestDatabase::create(Source::MySql25) else { return };
     let Some(test_b) = TestDatabase::create(Source::MySql25) else { return };
-    let publisher = Publisher::start(&test_a.database, |c| c.feed.page_size = 50).await;
     let mut sa = test_a.database.session().await.unwrap();
     workload::run(&mut sa, &WorkloadConfig { seed: 33, patients: 20, ..WorkloadConfig::default() }).await.unwrap();
-    publisher.publish().await;
+    let install = Command::new(feed_publisher_binary()).args(["install", "--db", &test_a.url]).output().unwrap();
+    assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
     diverge_local_ids(&test_b.database).await;
-    let feed = format!("http://{}/ws/atomfeed/all/recent", publisher.addr);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let serve = ["serve", "--db", test_a.url.as_str(), "--listen", listen.as_str(), "--page-size", "50"];
+    let mut publisher = spawn(feed_publisher_binary(), &serve);
+    let feed = format!("http://{listen}/ws/atomfeed/all/recent");
 
     let mut delay = 0x5EEDu64;
     let mut finished_early = 0;
     for kill in 0..SUBSCRIBER_KILLS {
-        let mut child = Command::new(SUBSCRIBER)
-            .args(["run", "--once", "--feed", &feed, "--db", &test_b.url])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn(SUBSCRIBER, &["run", "--once", "--feed", &feed, "--db", &test_b.url]);
         delay = delay.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let wait = Duration::from_millis(20 + (delay >> 33) % 400);
         let started = Instant::now();
@@ -196,13 +199,78 @@ async fn subscriber_killed_at_many_points_converges() {
         }
         let _ = child.kill();
         child.wait().unwrap();
-        if kill % 10 == 0 {
-            eprintln!("kill {kill}");
+        if kill % 5 == 4 {
+            let _ = publisher.kill();
+            publisher.wait().unwrap();
+            publisher = spawn(feed_publisher_binary(), &serve);
         }
     }
+    // Let the publisher publish everything, then one clean run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if tokio::net::TcpStream::connect(&listen).await.is_err() {
+            assert!(Instant::now() < deadline, "publisher did not come back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let health = feed_publisher::testing::get(listen.parse().unwrap(), "/ws/feedsync/health").await;
+        if health.status == 200 && health.json()["journal_backlog"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "publisher did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let status = Command::new(SUBSCRIBER).args(["run", "--once", "--feed", &feed, "--db", &test_b.url]).output().unwrap();
+    let _ = publisher.kill();
+    publisher.wait().unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let c = compare_ab(&test_a.database, &test_b.database).await;
     assert!(c.is_equal(), "after {SUBSCRIBER_KILLS} kills ({finished_early} runs finished before their kill):\n{c}");
     assert!(finished_early < SUBSCRIBER_KILLS / 2, "most kills landed while the subscriber was working");
+}
+
+fn feed_publisher_binary() -> &'static str {
+    // Built by cargo for this test run: the publisher is a dev-dependency's binary, which cargo
+    // does not expose through CARGO_BIN_EXE_, so it is found beside this test's binary.
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let dir = exe.parent().unwrap().parent().unwrap();
+        let path = dir.join("feed-publisher");
+        assert!(path.exists(), "{} not built: run `cargo build --workspace` first (scripts/test does)", path.display());
+        path.display().to_string()
+    })
+}
+
+/// Changes the subscriber applies are marked with their origin, and the target's own publisher
+/// does not publish them: a child never echoes its parent's data back. Its local changes are
+/// published as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn applied_changes_are_not_echoed_by_the_local_publisher() {
+    let Some(test_a) = TestDatabase::create(Source::Sqlite25) else { return };
+    let Some(test_b) = TestDatabase::create(Source::Sqlite25) else { return };
+    let publisher_a = Publisher::start(&test_a.database, |_| {}).await;
+    let publisher_b = Publisher::start(&test_b.database, |_| {}).await;
+    publisher_a.publish().await;
+    publisher_b.publish().await;
+    let mut sa = test_a.database.session().await.unwrap();
+    workload::run(&mut sa, &WorkloadConfig { seed: 9, patients: 3, ..WorkloadConfig::default() }).await.unwrap();
+    let published_at_a = publisher_a.publish().await;
+    assert!(published_at_a > 50);
+    let feed = format!("http://{}/ws/atomfeed/all/recent", publisher_a.addr);
+    let sub = subscriber(&test_b.database, model_of(&test_b.database).await);
+    let progress = sub.sync_until_caught_up(std::slice::from_ref(&feed)).await.unwrap();
+    assert_eq!((progress.applied, progress.queued), (progress.entries_read, 0));
+    let mut sb = test_b.database.session().await.unwrap();
+    let journaled = sb.query("SELECT COUNT(*) AS n, COUNT(origin) AS marked FROM feedsync_journal", &[]).await.unwrap();
+    let (n, marked) = (journaled[0].i64("n").unwrap(), journaled[0].i64("marked").unwrap());
+    assert!(n > 0 && n == marked, "every applied write is journaled with its origin ({marked} of {n})");
+    let events_before = feed_publisher::testing::walk(&publisher_b, "all").await.entries.len();
+    assert_eq!(publisher_b.publish().await as i64, n, "consumed");
+    assert_eq!(feed_publisher::testing::walk(&publisher_b, "all").await.entries.len(), events_before, "nothing echoed");
+    sb.execute("UPDATE location SET description = 'edited at B' WHERE location_id = 1", &[]).await.unwrap();
+    publisher_b.publish().await;
+    let after = feed_publisher::testing::walk(&publisher_b, "all").await;
+    assert_eq!(after.entries.len(), events_before + 1, "a local change is published");
+    assert_eq!(after.entries.last().unwrap().categories[0], "location");
 }
