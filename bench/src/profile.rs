@@ -1,13 +1,6 @@
 //! Where the time goes: the publisher's own library calls timed one by one in this process,
-//! with MariaDB's per-connection status counters read around them. The counters are exact for
-//! the bench's session (other connections do not touch them), so "statements per resource" and
-//! "rows read by full scans per event" are evidence, not estimates.
-//!
-//! The counters read: `Com_stmt_execute` (statements run), `Com_stmt_prepare` (statements
-//! prepared: a high share means the client's statement cache is missing), `Handler_read_key`
-//! (index lookups), `Handler_read_next` (rows read along an index), `Handler_read_rnd_next`
-//! (rows read by table scans: should stay near zero for point lookups), `Handler_write` (rows
-//! inserted, including the journal rows triggers add).
+//! with MariaDB's per-connection status counters read around them (`feedsync_bench::counters`
+//! says which and why they are exact for the bench's session).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,122 +17,15 @@ use feedsync_shared::resource::{self, LookupCache};
 use sha2::{Digest, Sha256};
 
 use crate::database::DRAIN_BATCHES_MAX;
-use crate::serving::{BATCH_LINKS, Server};
-use crate::stats::{Summary, round};
+use crate::counters::{CounterMeter, Counters};
+use crate::serving::BATCH_LINKS;
+use crate::server::Server;
+use crate::stats::Summary;
 
 /// Times each step is repeated to take a median.
 const STEP_REPEATS: usize = 20;
 /// Round trips timed for the latency floor.
 const PING_REPEATS: usize = 200;
-
-pub const COUNTERS: [&str; 6] = [
-    "Com_stmt_execute",
-    "Com_stmt_prepare",
-    "Handler_read_key",
-    "Handler_read_next",
-    "Handler_read_rnd_next",
-    "Handler_write",
-];
-
-/// A snapshot of this session's status counters.
-#[derive(Debug, Clone, Default)]
-pub struct Counters(BTreeMap<String, i64>);
-
-impl Counters {
-    async fn read(session: &mut Session) -> anyhow::Result<Counters> {
-        let list = COUNTERS
-            .iter()
-            .map(|c| format!("'{c}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let rows = session
-            .query(
-                &format!("SHOW SESSION STATUS WHERE Variable_name IN ({list})"),
-                &[],
-            )
-            .await?;
-        Ok(Counters(
-            rows.iter()
-                .filter_map(|r| Some((r.text("Variable_name")?, r.text("Value")?.parse().ok()?)))
-                .collect(),
-        ))
-    }
-
-    fn minus(&self, other: &Counters) -> Counters {
-        Counters(
-            self.0
-                .iter()
-                .map(|(k, v)| (k.clone(), v - other.0.get(k).copied().unwrap_or(0)))
-                .collect(),
-        )
-    }
-
-    pub fn get(&self, name: &str) -> i64 {
-        self.0.get(name).copied().unwrap_or(0)
-    }
-
-    /// Each counter divided by `per`, for "per event" or "per resource" figures.
-    pub fn per(&self, per: f64) -> BTreeMap<String, f64> {
-        self.0
-            .iter()
-            .map(|(k, v)| (k.clone(), *v as f64 / per))
-            .collect()
-    }
-}
-
-/// Reads counters on one session and takes out what reading them costs.
-///
-/// Reading is itself a statement (`Session::query` prepares and executes it; `SHOW STATUS`
-/// scans a temporary table), so two back-to-back reads differ by the read's own cost. That
-/// cost is measured once, after the statement is in the client's statement cache, and
-/// subtracted from every delta.
-pub struct CounterMeter {
-    overhead: Counters,
-}
-
-impl CounterMeter {
-    pub async fn calibrate(session: &mut Session) -> anyhow::Result<CounterMeter> {
-        // The first read prepares the statement; the next two show the steady cost.
-        Counters::read(session).await?;
-        let a = Counters::read(session).await?;
-        let b = Counters::read(session).await?;
-        Ok(CounterMeter {
-            overhead: b.minus(&a),
-        })
-    }
-
-    pub async fn read(&self, session: &mut Session) -> anyhow::Result<Counters> {
-        Counters::read(session).await
-    }
-
-    /// What ran between two reads, without the second read's own cost.
-    pub fn since(&self, after: &Counters, before: &Counters) -> Counters {
-        Counters(
-            after
-                .minus(before)
-                .minus(&self.overhead)
-                .0
-                .into_iter()
-                .map(|(k, v)| (k, v.max(0)))
-                .collect(),
-        )
-    }
-}
-
-pub fn per_json(map: &BTreeMap<String, f64>) -> serde_json::Value {
-    serde_json::Value::Object(
-        map.iter()
-            .map(|(k, v)| (k.clone(), serde_json::json!(round(*v, 3))))
-            .collect(),
-    )
-}
-
-pub fn per_text(map: &BTreeMap<String, f64>) -> String {
-    map.iter()
-        .map(|(k, v)| format!("{k} {}", crate::stats::number(*v)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Median round trip of the cheapest statement: the floor under every query the publisher runs.
 pub async fn round_trip_ms(session: &mut Session) -> anyhow::Result<f64> {
