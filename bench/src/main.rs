@@ -7,13 +7,11 @@
 //! Every figure is the median of `--repeats` samples, each sample on a fresh database loaded
 //! from the real OpenMRS 2.5 dump. Exit codes: 0 done, 1 a measurement failed, 2 bad flags.
 
-mod client;
-mod cpu;
-mod database;
 mod profile;
 mod serving;
-mod stats;
 mod writes;
+
+use feedsync_bench::{counters, cpu, database, server, stats};
 
 use std::time::{Duration, Instant};
 
@@ -371,8 +369,8 @@ fn report_writes(rounds: &writes::Rounds, workload: &WorkloadConfig) -> serde_js
         "plain_rows_per_second": plain_s.json(),
         "captured_rows_per_second": captured_s.json(),
         "captured_over_plain": capture_ratio.json(),
-        "plain_counters_per_row": profile::per_json(&rounds.plain_counters.per(rows)),
-        "captured_counters_per_row": profile::per_json(&rounds.captured_counters.per(rows)),
+        "plain_counters_per_row": counters::per_json(&rounds.plain_counters.per(rows)),
+        "captured_counters_per_row": counters::per_json(&rounds.captured_counters.per(rows)),
         "drain_events_per_second": Summary::of(&drain).json(),
         "drain_events": workload_events,
         "snapshot_drain_events_per_second": Summary::of(&snapshot).json(),
@@ -409,7 +407,7 @@ async fn serve_and_measure(
     // This drain runs on the bench's own session so its status counters can be read around it.
     let mut session = database.session().await?;
     let drain = profile::drain(&mut session, &model, config).await?;
-    let server = serving::Server::start(database, model, config.clone()).await?;
+    let server = server::Server::start(database, model, config.clone()).await?;
     let (open, archived) = serving::feed_pages(&server).await?;
 
     eprintln!(
@@ -551,7 +549,7 @@ async fn serve_and_measure(
         drain.events,
         drain.batches,
         number(drain.events as f64 / drain.seconds),
-        profile::per_text(&drain.counters.per(drain.events.max(1) as f64))
+        counters::per_text(&drain.counters.per(drain.events.max(1) as f64))
     );
     println!(
         "   archived page ({} entries, {} B, {} B gzipped), per request: SQL {} ms, render {} ms, sha256 {} ms, gzip {} ms",
@@ -570,7 +568,7 @@ async fn serve_and_measure(
     );
     println!(
         "     SQL counters per request: {} (event table holds {} rows)",
-        profile::per_text(&page_profile.counters.per(1.0)),
+        counters::per_text(&page_profile.counters.per(1.0)),
         page_profile.events_in_table
     );
     println!("     plan of the page query: {}", page_profile.plan);
@@ -584,11 +582,11 @@ async fn serve_and_measure(
     let looked_up = (batch_profile.resources + batch_profile.missing).max(1) as f64;
     println!(
         "     find_row per resource: {}",
-        profile::per_text(&batch_profile.find_row_counters.per(looked_up))
+        counters::per_text(&batch_profile.find_row_counters.per(looked_up))
     );
     println!(
         "     render per resource:   {}",
-        profile::per_text(
+        counters::per_text(
             &batch_profile
                 .render_counters
                 .per(batch_profile.resources.max(1) as f64)
@@ -640,22 +638,22 @@ async fn serve_and_measure(
             "round_trip_ms": round(round_trip_ms, 4),
             "sequencer": {
                 "events": drain.events, "batches": drain.batches, "seconds": round(drain.seconds, 3),
-                "counters_per_event": profile::per_json(&drain.counters.per(drain.events.max(1) as f64)),
+                "counters_per_event": counters::per_json(&drain.counters.per(drain.events.max(1) as f64)),
             },
             "archived_page": {
                 "entries": page_profile.entries, "body_bytes": page_profile.body_bytes, "gzip_bytes": page_profile.gzip_bytes,
                 "sql_ms": page_profile.query_ms.json(), "render_ms": page_profile.render_ms.json(),
                 "sha256_ms": page_profile.sha256_ms.json(), "gzip_ms": page_profile.gzip_ms.json(),
                 "gzip_level_1_ms": page_profile.gzip_fast_ms.json(), "gzip_level_1_bytes": page_profile.gzip_fast_bytes,
-                "counters_per_request": profile::per_json(&page_profile.counters.per(1.0)),
+                "counters_per_request": counters::per_json(&page_profile.counters.per(1.0)),
                 "events_in_table": page_profile.events_in_table, "plan": page_profile.plan,
             },
             "batch": {
                 "resources": batch_profile.resources, "missing": batch_profile.missing,
                 "find_row_ms_per_resource": round(batch_profile.find_row_ms_per_resource, 4),
                 "render_ms_per_resource": round(batch_profile.render_ms_per_resource, 4),
-                "find_row_counters_per_resource": profile::per_json(&batch_profile.find_row_counters.per(looked_up)),
-                "render_counters_per_resource": profile::per_json(&batch_profile.render_counters.per(batch_profile.resources.max(1) as f64)),
+                "find_row_counters_per_resource": counters::per_json(&batch_profile.find_row_counters.per(looked_up)),
+                "render_counters_per_resource": counters::per_json(&batch_profile.render_counters.per(batch_profile.resources.max(1) as f64)),
                 "by_table": batch_profile.by_table.iter().map(|(t, c)| (t.clone(), json!({
                     "resources": c.resources, "ms_per_resource": round(c.milliseconds / c.resources as f64, 4),
                     "statements_per_resource": round(c.statements as f64 / c.resources as f64, 2),

@@ -10,14 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use feed_publisher::config::Config;
 use feed_publisher::sequencer::ALL_FEED;
-use feed_publisher::server::{self, App};
-use feedsync_shared::db::Database;
-use feedsync_shared::model::Model;
 use feedsync_shared::resource::BATCH_PATH;
 
 use crate::client::{self, Connection, LoadResult};
+use crate::server::Server;
 use crate::stats::Summary;
 
 /// Links per batch-fetch request, as a subscriber would send them.
@@ -26,49 +23,6 @@ pub const BATCH_LINKS: usize = 200;
 const LOAD_RUN_DEADLINE_MS: u64 = 20_000;
 /// Most feed pages read while collecting resource links.
 const FEED_PAGES_MAX: i64 = 1_000;
-
-/// The publisher serving a database on a loopback port until dropped.
-pub struct Server {
-    pub addr: SocketAddr,
-    pub app: Arc<App>,
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl Server {
-    pub async fn start(
-        database: &Database,
-        model: Model,
-        config: Config,
-    ) -> anyhow::Result<Server> {
-        let app = Arc::new(App::new(database.clone(), model, config).await?);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(server::serve(app.clone(), listener, stopped));
-        Ok(Server { addr, app, stop })
-    }
-
-    /// One GET on a fresh connection, for setup and checks (not timed).
-    pub async fn get(&self, path: &str, gzip: bool) -> anyhow::Result<client::Response> {
-        let response = Connection::connect(self.addr)
-            .await?
-            .send(&client::request("GET", path, self.addr, gzip, None))
-            .await?;
-        ensure!(
-            response.status == 200,
-            "GET {path} answered {}: {}",
-            response.status,
-            String::from_utf8_lossy(&response.body)
-        );
-        Ok(response)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
 
 /// One feed-page case: a page and whether the client accepts gzip.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use feedsync_shared::db::Database;
 use feedsync_shared::workload::{self, WorkloadConfig, WorkloadLog};
 
 use crate::database::{self, Drain};
-use crate::profile::{CounterMeter, Counters};
+use crate::counters::{CounterMeter, Counters};
 
 /// How long the concurrent sequencer sleeps when it finds the journal empty. The publisher's
 /// default `sequencer_interval_ms` is 1000; a shorter poll makes the sequencer contend with

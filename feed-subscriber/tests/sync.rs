@@ -147,6 +147,19 @@ async fn a_poisoned_change_fails_alone_and_recovers() {
     }
     assert!(c.table("encounter").unwrap().only_in_a > 0, "encounters wait for their type");
 
+    // The operator's view: status names the failed change, its exact reason, and what waits.
+    let status = Command::new(SUBSCRIBER).args(["status", "--json", "--db", &test_b.url]).output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let changes = json["changes"].as_array().unwrap();
+    assert!(changes.iter().any(|c| c["status"] == "failed" && c["reason"].as_str().unwrap().contains("Consultation")), "{json}");
+    assert!(changes.iter().any(|c| c["status"] == "waiting" && c["waits_for"].as_array().is_some_and(|w| !w.is_empty())));
+    assert_eq!(json["feeds"][0]["feed"], feed.as_str());
+    let text = Command::new(SUBSCRIBER).args(["status", "--db", &test_b.url]).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("1 failed"), "{}", String::from_utf8_lossy(&text.stdout));
+    let no_reason = Command::new(SUBSCRIBER).args(["skip", "--db", &test_b.url, "--change", "1", "--reason", " "]).output().unwrap();
+    assert_eq!(no_reason.status.code(), Some(1), "skipping needs a reason");
+
     // The operator renames the local type; a retry applies the change and its dependents.
     sb.execute("UPDATE encounter_type SET name = 'Consultation (local)' WHERE uuid = ?", &[clash.into()]).await.unwrap();
     state::retry_now(&mut sb, None).await.unwrap();
