@@ -44,6 +44,18 @@ enum Command {
     Retry(ActArgs),
     /// Skip one queued change; its reason is kept. Later changes to the entity then go ahead.
     Skip(SkipArgs),
+    /// Forget a feed's marker so the next run reads it again from its first page (safe:
+    /// applying is idempotent). For a feed whose archived page changed under the marker.
+    Reset(ResetArgs),
+}
+
+#[derive(Args)]
+struct ResetArgs {
+    #[arg(long, env = "FEEDSYNC_DB")]
+    db: String,
+    /// The feed URL, as given to `run`.
+    #[arg(long)]
+    feed: String,
 }
 
 #[derive(Args)]
@@ -206,6 +218,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let n = state::skip(&mut session, args.change, args.reason.trim()).await?;
             anyhow::ensure!(n == 1, "no queued change #{} (see `feed-subscriber status`)", args.change);
             println!("change #{} skipped; its reason is kept", args.change);
+            drop(session);
+            database.close().await;
+        }
+        Command::Reset(args) => {
+            let database = Database::from_url(&args.db)?;
+            let mut session = database.session().await?;
+            state::prepare(&mut session).await?;
+            let n = state::reset_marker(&mut session, &args.feed).await?;
+            anyhow::ensure!(n == 1, "no marker for feed {} (see `feed-subscriber status` for the feeds followed)", args.feed);
+            println!("marker of {} forgotten: the next run reads it from its first page", args.feed);
             drop(session);
             database.close().await;
         }

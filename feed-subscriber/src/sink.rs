@@ -346,12 +346,15 @@ impl FeedFollower<'_> {
                 .filter(|source| source.link().is_some_and(|link| answers.get(link).is_none_or(|answer| matches!(answer, FetchOutcome::Retry(_)))))
                 .collect();
             fetch_into(self.client, &missing, &mut answers).await;
-            let first_retry = entries.iter().zip(&sources).find_map(|(entry, source)| match source.link().and_then(|link| answers.get(link)) {
-                Some(FetchOutcome::Retry(reason)) => Some((entry, source, reason.clone(), true)),
-                Some(FetchOutcome::Stop(reason)) => Some((entry, source, reason.clone(), false)),
-                _ => None,
-            });
-            let Some((entry, source, reason, retryable)) = first_retry else { break };
+            // A failure that stops the run wins over one that may go away by retrying.
+            let failure = |stop: bool| {
+                entries.iter().zip(&sources).find_map(|(entry, source)| match (source.link().and_then(|link| answers.get(link)), stop) {
+                    (Some(FetchOutcome::Stop(reason)), true) => Some((entry, source, reason.clone(), false)),
+                    (Some(FetchOutcome::Retry(reason)), false) => Some((entry, source, reason.clone(), true)),
+                    _ => None,
+                })
+            };
+            let Some((entry, source, reason, retryable)) = failure(true).or_else(|| failure(false)) else { break };
             if retryable && backoff.wait().await {
                 self.progress.retries += 1;
                 tracing::warn!(feed = %self.feed_url, entry = %entry.id, %reason, "fetch failed; retrying");

@@ -127,6 +127,16 @@ pub async fn set_marker(session: &mut Session, feed_url: &str, entry_id: &str, p
     Ok(())
 }
 
+/// Forgets a feed's marker (the next read starts from the first page); returns rows changed.
+pub async fn reset_marker(session: &mut Session, feed_url: &str) -> DbResult<u64> {
+    session
+        .execute(
+            &format!("UPDATE {FEED_TABLE} SET marker_entry_id = NULL, marker_page_url = NULL, last_error = NULL WHERE feed_id = ?"),
+            &[feed_id(feed_url).into()],
+        )
+        .await
+}
+
 /// Records why the last read of a feed failed (cleared by the next marker move).
 pub async fn set_feed_error(session: &mut Session, feed_url: &str, error: &str) -> DbResult<()> {
     let id = feed_id(feed_url);

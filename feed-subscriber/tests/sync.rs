@@ -287,3 +287,57 @@ async fn applied_changes_are_not_echoed_by_the_local_publisher() {
     assert_eq!(after.entries.len(), events_before + 1, "a local change is published");
     assert_eq!(after.entries.last().unwrap().categories[0], "location");
 }
+
+/// Bad input at the engine level: a resource the publisher cannot give becomes a failed-event
+/// record with the reason (everything else applies); an archived page that changed under the
+/// marker stops the feed with a clear error instead of skipping.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_resources_are_recorded_and_changed_pages_stop_the_feed() {
+    let Some(test_a) = TestDatabase::create(Source::Sqlite25) else { return };
+    let Some(test_b) = TestDatabase::create(Source::Sqlite25) else { return };
+    let publisher = Publisher::start(&test_a.database, |c| c.feed.page_size = 10).await;
+    let mut sa = test_a.database.session().await.unwrap();
+    // An entry naming an entity that does not exist: its resource answers 404.
+    sa.execute("INSERT INTO feedsync_journal (table_name, action, entity_key) VALUES ('location', 'CREATED', 'no-such-location')", &[])
+        .await
+        .unwrap();
+    sa.execute(
+        "INSERT INTO location (name, creator, date_created, retired, uuid) VALUES ('After the gap', 1, '2024-01-01 00:00:00', 0, '00000000-0000-4000-8000-0000000000af')",
+        &[],
+    )
+    .await
+    .unwrap();
+    publisher.publish().await;
+    let feed = format!("http://{}/ws/atomfeed/all/recent", publisher.addr);
+    let sub = subscriber(&test_b.database, model_of(&test_b.database).await);
+    let progress = sub.sync_until_caught_up(std::slice::from_ref(&feed)).await.unwrap();
+    assert_eq!(progress.queued, 1, "{progress:?}");
+    let mut sb = test_b.database.session().await.unwrap();
+    let queued = state::all_changes(&mut sb, 10).await.unwrap();
+    assert_eq!(queued[0].status, state::Status::Failed);
+    assert!(queued[0].reason.as_deref().unwrap().contains("no-such-location"), "{:?}", queued[0].reason);
+    let after = sb.query("SELECT COUNT(*) AS n FROM location WHERE uuid = '00000000-0000-4000-8000-0000000000af'", &[]).await.unwrap();
+    assert_eq!(after[0].i64("n"), Some(1), "the change after the bad one applied");
+
+    // An archived page rewritten behind the subscriber's back: the marker's entry is gone.
+    let marker = state::feed_state(&mut sb, &feed).await.unwrap().unwrap();
+    let page: i64 = marker.marker_page_url.unwrap().rsplit('/').next().unwrap().parse().unwrap();
+    sa.execute("UPDATE feedsync_event SET event_uuid = 'rewritten-' || event_seq WHERE all_page = ?", &[page.into()]).await.unwrap();
+    for _ in 0..15 {
+        sa.execute("UPDATE location SET description = 'more' WHERE location_id = 1", &[]).await.unwrap();
+    }
+    publisher.publish().await;
+    let err = sub.sync_until_caught_up(std::slice::from_ref(&feed)).await.unwrap_err();
+    assert!(!err.is_retryable());
+    let message = err.to_string();
+    assert!(message.contains(&marker.marker_entry_id.unwrap()), "names the entry: {message}");
+    let state_after = state::feed_state(&mut sb, &feed).await.unwrap().unwrap();
+    assert!(state_after.last_error.is_some(), "the error is kept for `status`");
+
+    // The operator's way out: forget the marker and read the feed again; nothing is applied twice.
+    let reset = Command::new(SUBSCRIBER).args(["reset", "--db", &test_b.url, "--feed", &feed]).output().unwrap();
+    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
+    sub.sync_until_caught_up(std::slice::from_ref(&feed)).await.unwrap();
+    let c = compare_ab(&test_a.database, &test_b.database).await;
+    assert!(c.is_equal(), "{c}");
+}
