@@ -60,6 +60,17 @@ pub struct Subscriber {
     pub client: HttpClient,
     /// The publisher's path prefix, if links carry one (e.g. `/openmrs`).
     pub path_prefix: String,
+    /// Warnings already logged, as (table, text).
+    pub warned: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+/// Distinct warnings remembered for logging once; past this, they are no longer logged.
+const WARNINGS_REMEMBERED_MAX: usize = 10_000;
+
+impl Subscriber {
+    pub fn new(database: Database, model: Model, client: HttpClient, path_prefix: String) -> Subscriber {
+        Subscriber { database, model, client, path_prefix, warned: Default::default() }
+    }
 }
 
 impl Subscriber {
@@ -160,8 +171,9 @@ impl Subscriber {
                 session.execute_script("RELEASE SAVEPOINT feedsync_change").await?;
                 Ok(Attempt::Waiting(missing.iter().map(|(t, k)| format!("{t}/{k}")).collect()))
             }
-            Ok(_) => {
+            Ok(Applied::Done { warnings, .. }) => {
                 session.execute_script("RELEASE SAVEPOINT feedsync_change").await?;
+                self.warn_once(fetched, &warnings);
                 Ok(Attempt::Applied)
             }
             Err(e) if e.is_retryable() => Err(SyncError::Database(DbError::Unavailable { target: self.database.display_name(), message: e.to_string() })),
@@ -233,6 +245,19 @@ impl Subscriber {
             }
         }
         Ok(applied_total)
+    }
+
+    /// Logs what the target could not hold (a column an older OpenMRS lacks...), once per
+    /// table and kind, so a long catch-up does not repeat the same line a million times.
+    fn warn_once(&self, fetched: &Fetched, warnings: &[apply::ApplyWarning]) {
+        let Fetched::Resource(resource) = fetched else { return };
+        let mut seen = self.warned.lock().expect("warned lock");
+        for warning in warnings {
+            let text = warning.to_string();
+            if seen.len() < WARNINGS_REMEMBERED_MAX && seen.insert((resource.table.clone(), text.clone())) {
+                tracing::warn!(table = %resource.table, key = %resource.key, warning = %text, "applied with a warning (logged once per table)");
+            }
+        }
     }
 
     /// Whether every `table/key` a change waits for exists here now (so a retry can succeed).

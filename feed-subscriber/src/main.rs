@@ -126,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(!model.entities.is_empty(), "{} holds no OpenMRS tables: load an OpenMRS schema first", database.display_name());
             state::prepare(&mut session).await?;
             drop(session);
-            let subscriber = Subscriber { database, model, client: HttpClient::new(Default::default()), path_prefix: config.path_prefix.clone() };
+            let subscriber = Subscriber::new(database, model, HttpClient::new(Default::default()), config.path_prefix.clone());
             if args.once {
                 let p = subscriber.sync_until_caught_up(&config.feeds).await?;
                 println!(

@@ -22,7 +22,7 @@ async fn model_of(database: &Database) -> Model {
 }
 
 fn subscriber(database: &Database, model: Model) -> Subscriber {
-    Subscriber { database: database.clone(), model, client: HttpClient::default(), path_prefix: String::new() }
+    Subscriber::new(database.clone(), model, HttpClient::default(), String::new())
 }
 
 async fn compare_ab(a: &Database, b: &Database) -> Comparison {
