@@ -5,6 +5,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use feedsync_shared::db::Database;
+
+use crate::openmrs_notify::NotifierConfig;
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -16,11 +20,27 @@ pub struct Config {
     pub poll_interval_ms: u64,
     /// Path prefix of the publisher's links (e.g. /openmrs), if it uses one.
     pub path_prefix: String,
+    /// The OpenMRS running on the target database, told about applied rows so its cache and
+    /// search index see them, e.g. http://127.0.0.1:8080/openmrs. Empty: not told.
+    pub openmrs_url: String,
+    /// OpenMRS user for those calls; its password comes from FEEDSYNC_OPENMRS_PASSWORD.
+    pub openmrs_user: String,
+    /// Distinct changed rows queued for OpenMRS before the busiest table becomes one
+    /// whole-table call.
+    pub notify_pending_rows_max: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { feeds: Vec::new(), database_url: String::new(), poll_interval_ms: 5_000, path_prefix: String::new() }
+        Config {
+            feeds: Vec::new(),
+            database_url: String::new(),
+            poll_interval_ms: 5_000,
+            path_prefix: String::new(),
+            openmrs_url: String::new(),
+            openmrs_user: String::new(),
+            notify_pending_rows_max: 10_000,
+        }
     }
 }
 
@@ -55,7 +75,31 @@ impl Config {
         if self.poll_interval_ms < 100 {
             return Err(ConfigError::Invalid { key: "poll_interval_ms", message: "must be at least 100".into() });
         }
+        if !self.openmrs_url.is_empty() && !self.openmrs_url.starts_with("http://") {
+            return Err(ConfigError::Invalid { key: "openmrs_url", message: format!("{:?} is not an http:// URL", self.openmrs_url) });
+        }
+        if self.openmrs_url.is_empty() && !self.openmrs_user.is_empty() {
+            return Err(ConfigError::Invalid { key: "openmrs_user", message: "set openmrs_url too: the user is for that OpenMRS".into() });
+        }
+        if self.notify_pending_rows_max < 100 {
+            return Err(ConfigError::Invalid { key: "notify_pending_rows_max", message: "must be at least 100".into() });
+        }
         Ok(())
+    }
+
+    /// The OpenMRS notifier's settings, when `openmrs_url` is set; `password` is the
+    /// `openmrs_user`'s.
+    pub fn notifier_config(&self, database: &Database, password: Option<&str>) -> Option<NotifierConfig> {
+        if self.openmrs_url.is_empty() {
+            return None;
+        }
+        let user_password = (!self.openmrs_user.is_empty()).then(|| format!("{}:{}", self.openmrs_user, password.unwrap_or_default()));
+        Some(NotifierConfig {
+            user_password,
+            database: Some(database.clone()),
+            pending_rows_max: self.notify_pending_rows_max,
+            ..NotifierConfig::new(&self.openmrs_url)
+        })
     }
 }
 
@@ -79,5 +123,7 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("--feed"));
         let c = Config { database_url: "sqlite://x".into(), feeds: vec!["ftp://x".into()], ..Config::default() };
         assert!(c.validate().is_err());
+        let c = Config { database_url: "sqlite://x".into(), feeds: vec!["http://x".into()], openmrs_user: "admin".into(), ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("openmrs_url"));
     }
 }

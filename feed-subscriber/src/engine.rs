@@ -7,13 +7,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use feedsync_shared::apply::{self, Applied, ApplyError};
+use feedsync_shared::apply::{self, Applied, ApplyError, Change};
 use feedsync_shared::capture;
 use feedsync_shared::db::{Database, DbError, Session};
 use feedsync_shared::model::Model;
 use feedsync_shared::resource::{self, parse_resource_link};
 
 use crate::client::{Fetched, HttpClient};
+use crate::openmrs_notify::Notifier;
 use crate::reader::{EntryContent, FeedEntry, FeedReader, Marker};
 use crate::state::{self, NewChange, Status};
 
@@ -62,6 +63,9 @@ pub struct Subscriber {
     pub path_prefix: String,
     /// Warnings already logged, as (table, text).
     pub warned: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// Told of every row written, after each commit, so OpenMRS's cache and search index
+    /// see it (see `openmrs_notify`).
+    pub notifier: Option<Notifier>,
 }
 
 /// Distinct warnings remembered for logging once; past this, they are no longer logged.
@@ -69,7 +73,12 @@ const WARNINGS_REMEMBERED_MAX: usize = 10_000;
 
 impl Subscriber {
     pub fn new(database: Database, model: Model, client: HttpClient, path_prefix: String) -> Subscriber {
-        Subscriber { database, model, client, path_prefix, warned: Default::default() }
+        Subscriber { database, model, client, path_prefix, warned: Default::default(), notifier: None }
+    }
+
+    pub fn with_notifier(mut self, notifier: Notifier) -> Subscriber {
+        self.notifier = Some(notifier);
+        self
     }
 }
 
@@ -104,12 +113,23 @@ impl Subscriber {
         unique.sort();
         unique.dedup();
         let fetched: HashMap<String, Fetched> = unique.iter().cloned().zip(self.client.fetch_resources(&unique).await).collect();
+        // A publisher that is down or overloaded is a reason to try the batch later, not to
+        // queue every change in it as failed.
+        if let Some((link, reason)) = fetched.iter().find_map(|(l, f)| match f {
+            Fetched::Failed { reason, retryable: true, .. } => Some((l, reason)),
+            _ => None,
+        }) {
+            let message = format!("fetching {link}: {reason}");
+            state::set_feed_error(&mut session, feed_url, &message).await?;
+            return Err(SyncError::Feed { feed: feed_url.into(), message, retryable: true });
+        }
 
+        let mut written: Vec<Written> = Vec::new();
         session.begin().await?;
         let outcome = async {
             capture::set_origin(&mut session, &state::origin(&state::feed_id(feed_url))).await?;
             for (entry, link) in batch.entries.iter().zip(&links) {
-                match self.apply_entry(&mut session, feed_url, entry, link, &fetched[link]).await? {
+                match self.apply_entry(&mut session, feed_url, entry, link, &fetched[link], &mut written).await? {
                     true => progress.applied += 1,
                     false => progress.queued += 1,
                 }
@@ -127,13 +147,23 @@ impl Subscriber {
                 return Err(e);
             }
         }
+        self.notify(&written);
         progress.unblocked = self.drain_queue(&mut session).await?;
         Ok(progress)
     }
 
     /// Applies one entry or queues it; `true` when applied. Only database unavailability
     /// escapes as an error (the whole batch is then retried).
-    async fn apply_entry(&self, session: &mut Session, feed_url: &str, entry: &FeedEntry, link: &str, fetched: &Fetched) -> Result<bool, SyncError> {
+    /// Rows it wrote are added to `written`.
+    async fn apply_entry(
+        &self,
+        session: &mut Session,
+        feed_url: &str,
+        entry: &FeedEntry,
+        link: &str,
+        fetched: &Fetched,
+        written: &mut Vec<Written>,
+    ) -> Result<bool, SyncError> {
         let (table, key) = parse_resource_link(link, &self.path_prefix)
             .or_else(|| parse_resource_link(link, ""))
             .unwrap_or_else(|| ("?".into(), link.to_owned()));
@@ -142,7 +172,10 @@ impl Subscriber {
             Some(queue(Status::Waiting, format!("behind queued change #{first} to the same {table}"), Vec::new()))
         } else {
             match self.apply_fetched(session, fetched).await? {
-                Attempt::Applied => None,
+                Attempt::Applied(row) => {
+                    written.extend(row);
+                    None
+                }
                 Attempt::Waiting(missing) => Some(queue(Status::Waiting, waiting_reason(&missing), missing)),
                 Attempt::Failed(reason) => Some(queue(Status::Failed, reason, Vec::new())),
             }
@@ -171,10 +204,10 @@ impl Subscriber {
                 session.execute_script("RELEASE SAVEPOINT feedsync_change").await?;
                 Ok(Attempt::Waiting(missing.iter().map(|(t, k)| format!("{t}/{k}")).collect()))
             }
-            Ok(Applied::Done { warnings, .. }) => {
+            Ok(Applied::Done { change, warnings }) => {
                 session.execute_script("RELEASE SAVEPOINT feedsync_change").await?;
                 self.warn_once(fetched, &warnings);
-                Ok(Attempt::Applied)
+                Ok(Attempt::Applied(written_row(fetched, &change)))
             }
             Err(e) if e.is_retryable() => Err(SyncError::Database(DbError::Unavailable { target: self.database.display_name(), message: e.to_string() })),
             Err(e) => {
@@ -223,8 +256,10 @@ impl Subscriber {
                             return Err(e);
                         }
                     };
+                    let mut written = Vec::new();
                     match attempt {
-                        Attempt::Applied => {
+                        Attempt::Applied(row) => {
+                            written.extend(row);
                             state::resolve_entity(session, &table, &key, through).await?;
                             applied += 1;
                         }
@@ -237,6 +272,7 @@ impl Subscriber {
                     }
                     capture::clear_origin(session).await?;
                     session.commit().await?;
+                    self.notify(&written);
                 }
             }
             applied_total += applied;
@@ -256,6 +292,19 @@ impl Subscriber {
             let text = warning.to_string();
             if seen.len() < WARNINGS_REMEMBERED_MAX && seen.insert((resource.table.clone(), text.clone())) {
                 tracing::warn!(table = %resource.table, key = %resource.key, warning = %text, "applied with a warning (logged once per table)");
+            }
+        }
+    }
+
+    /// Tells OpenMRS, when a notifier is set, about rows a transaction wrote. Called after the
+    /// commit, so OpenMRS never reloads a row that could still roll back; never waits.
+    fn notify(&self, written: &[Written]) {
+        let Some(notifier) = &self.notifier else { return };
+        for (table, key, deleted) in written {
+            if *deleted {
+                notifier.deleted(table, key);
+            } else {
+                notifier.touched(table, key);
             }
         }
     }
@@ -294,8 +343,20 @@ impl Subscriber {
     }
 }
 
+/// A row a change wrote, for the OpenMRS notifier: table, identity key, deleted.
+type Written = (String, String, bool);
+
+/// The row a change wrote, if it wrote one (unchanged and skipped rows need no notice).
+fn written_row(fetched: &Fetched, change: &Change) -> Option<Written> {
+    match (fetched, change) {
+        (Fetched::Resource(r), Change::Inserted | Change::Updated { .. }) => Some((r.table.clone(), r.key.clone(), false)),
+        (Fetched::Deleted(t), Change::Deleted) => Some((t.table.clone(), t.key.clone(), true)),
+        _ => None,
+    }
+}
+
 enum Attempt {
-    Applied,
+    Applied(Option<Written>),
     Waiting(Vec<String>),
     Failed(String),
 }

@@ -7,3 +7,6 @@ pub mod config;
 pub mod engine;
 pub mod reader;
 pub mod state;
+pub mod openmrs_notify;
+pub mod sink;
+pub mod sinks;

@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use feed_subscriber::client::HttpClient;
 use feed_subscriber::config::Config;
 use feed_subscriber::engine::Subscriber;
-use feed_subscriber::state;
+use feed_subscriber::openmrs_notify::{Notifier, NotifierHandle};
+use feed_subscriber::sink::{SinkLimits, run_sink};
+use feed_subscriber::{sinks, state};
 use feedsync_shared::db::Database;
 use feedsync_shared::model;
 use feedsync_shared::profile::Profile;
@@ -72,6 +74,44 @@ struct RunArgs {
     /// Follow until caught up, apply everything that can be applied, then exit 0.
     #[arg(long)]
     once: bool,
+    /// Deliver to a sink instead of applying to a database: jsonl:PATH, jsonl:- (standard
+    /// output) or webhook:http://host/path. OpenMRS REST links are fetched with the
+    /// credentials in FEEDSYNC_FEED_CREDENTIALS (user:password), if set.
+    #[arg(long)]
+    sink: Option<String>,
+    /// With --sink: the database keeping the markers (sqlite://FILE or mysql://...).
+    #[arg(long, env = "FEEDSYNC_STATE_DB")]
+    state_db: Option<String>,
+}
+
+/// Longest wait at exit for OpenMRS to be told about the last rows applied.
+const NOTIFY_DRAIN_MS_MAX: u64 = 10_000;
+
+/// `run --sink`: follows the feeds into a sink instead of a database. Progress goes to
+/// standard error, which stays free when the sink is standard output.
+async fn run_into_sink(config: &Config, spec: &str, state_db: Option<&str>, once: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(!config.feeds.is_empty(), "no feed given: pass --feed URL (repeatable) or set feeds = [...]");
+    let state_url = state_db.context("--sink needs --state-db URL (sqlite://FILE or mysql://...): the markers are kept there")?;
+    let state_db = Database::from_url(state_url)?;
+    let mut sink = sinks::open_sink(spec)?;
+    let mut client = HttpClient::new(Default::default());
+    if let Ok(credentials) = std::env::var("FEEDSYNC_FEED_CREDENTIALS") {
+        client = client.with_basic_auth(&credentials);
+    }
+    let limits = SinkLimits { poll_interval_ms: config.poll_interval_ms, ..SinkLimits::default() };
+    let p = tokio::select! {
+        result = run_sink(&client, &config.feeds, &state_db, &mut sink, once, &limits) => result?,
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    };
+    eprintln!("caught up: {} entries delivered in {} batches, {} of them failure records", p.entries_delivered, p.batches_delivered, p.failures_delivered);
+    Ok(())
+}
+
+/// Waits (bounded) for OpenMRS to be told about the rows applied, and says how it went.
+async fn finish_notifying(notifier: Option<(Notifier, NotifierHandle)>) {
+    let Some((_, handle)) = notifier else { return };
+    let stats = handle.drain(NOTIFY_DRAIN_MS_MAX).await;
+    tracing::info!(calls = stats.calls_sent, failed = stats.calls_failed, rows_not_notified = stats.rows_pending, "OpenMRS notified");
 }
 
 #[derive(Args)]
@@ -115,6 +155,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !args.feeds.is_empty() {
                 config.feeds = args.feeds.clone();
             }
+            if let Some(spec) = &args.sink {
+                return run_into_sink(&config, spec, args.state_db.as_deref(), args.once).await;
+            }
             if let Some(db) = args.db {
                 config.database_url = db;
             }
@@ -126,27 +169,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(!model.entities.is_empty(), "{} holds no OpenMRS tables: load an OpenMRS schema first", database.display_name());
             state::prepare(&mut session).await?;
             drop(session);
-            let subscriber = Subscriber::new(database, model, HttpClient::new(Default::default()), config.path_prefix.clone());
-            if args.once {
-                let p = subscriber.sync_until_caught_up(&config.feeds).await?;
-                println!(
-                    "caught up: {} entries read, {} applied, {} queued, {} queued earlier now applied",
-                    p.entries_read, p.applied, p.queued, p.unblocked
-                );
-                return Ok(());
+            let password = std::env::var("FEEDSYNC_OPENMRS_PASSWORD").ok();
+            let notifier = config.notifier_config(&database, password.as_deref()).map(Notifier::new);
+            let mut subscriber = Subscriber::new(database, model, HttpClient::new(Default::default()), config.path_prefix.clone());
+            if let Some((notifier, _)) = &notifier {
+                subscriber = subscriber.with_notifier(notifier.clone());
             }
-            loop {
-                tokio::select! {
-                    result = subscriber.sync_until_caught_up(&config.feeds) => match result {
-                        Ok(p) if p.entries_read > 0 || p.unblocked > 0 => tracing::info!(read = p.entries_read, applied = p.applied, queued = p.queued, unblocked = p.unblocked, "synced"),
-                        Ok(_) => {}
-                        Err(e) if e.is_retryable() => tracing::warn!(error = %e, "will retry"),
-                        Err(e) => return Err(e.into()),
-                    },
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
+            let result = async {
+                if args.once {
+                    let p = subscriber.sync_until_caught_up(&config.feeds).await?;
+                    println!(
+                        "caught up: {} entries read, {} applied, {} queued, {} queued earlier now applied",
+                        p.entries_read, p.applied, p.queued, p.unblocked
+                    );
+                    return Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(config.poll_interval_ms)).await;
+                loop {
+                    tokio::select! {
+                        result = subscriber.sync_until_caught_up(&config.feeds) => match result {
+                            Ok(p) if p.entries_read > 0 || p.unblocked > 0 => tracing::info!(read = p.entries_read, applied = p.applied, queued = p.queued, unblocked = p.unblocked, "synced"),
+                            Ok(_) => {}
+                            Err(e) if e.is_retryable() => tracing::warn!(error = %e, "will retry"),
+                            Err(e) => return Err(anyhow::Error::from(e)),
+                        },
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(config.poll_interval_ms)).await;
+                }
             }
+            .await;
+            finish_notifying(notifier).await;
+            return result;
         }
         Command::Status(args) => {
             let database = Database::from_url(&args.db)?;

@@ -264,6 +264,10 @@ impl SinkRunError {
 /// polls forever and returns only on an error retrying cannot fix (retryable ones are logged,
 /// recorded as the feed's `last_error`, and the feed is tried again after the poll interval).
 /// The future may be dropped at any point: the marker only ever moves past delivered batches.
+///
+/// Markers are kept per feed URL, so every consumer needs a state database of its own: two
+/// sinks (or a sink and the applying subscriber) sharing one would move one marker and split
+/// the feed's entries between them.
 pub async fn run_sink(
     client: &HttpClient,
     feeds: &[String],
@@ -511,7 +515,10 @@ async fn fetch_into(client: &HttpClient, sources: &[&EntrySource], answers: &mut
                 Ok(json) => FetchOutcome::Body(DeliveryBody::Rest { link: link.clone(), json }),
                 Err(e) => {
                     let start: String = String::from_utf8_lossy(&response.body).chars().take(120).collect();
-                    FetchOutcome::Body(DeliveryBody::Failed { link: Some(link.clone()), reason: format!("{} answered, but not with JSON ({e}): {start:?}", response.url) })
+                    FetchOutcome::Body(DeliveryBody::Failed {
+                        link: Some(link.clone()),
+                        reason: format!("{} answered, but not with JSON ({e}): {start:?}", response.url),
+                    })
                 }
             },
             Err(error) => fetch_outcome(&link, &error),
@@ -550,7 +557,10 @@ mod tests {
         assert_eq!(entry_source(&links(None, Some("s"), Some("f"))), EntrySource::Rest("s".into()));
         assert_eq!(entry_source(&links(None, None, Some("f"))), EntrySource::Rest("f".into()));
         assert!(matches!(entry_source(&links(None, None, None)), EntrySource::Nothing(reason) if reason.contains("no resource")));
-        assert_eq!(entry_source(&EntryContent::Url("http://h/openmrs/ws/rest/v1/patient/x".into())), EntrySource::Rest("http://h/openmrs/ws/rest/v1/patient/x".into()));
+        assert_eq!(
+            entry_source(&EntryContent::Url("http://h/openmrs/ws/rest/v1/patient/x".into())),
+            EntrySource::Rest("http://h/openmrs/ws/rest/v1/patient/x".into())
+        );
         assert!(matches!(entry_source(&EntryContent::Url("{\"broken".into())), EntrySource::Nothing(reason) if reason.contains("broken")));
     }
 
