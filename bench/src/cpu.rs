@@ -20,6 +20,12 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some(ticks / CLOCK_TICKS_PER_SECOND)
 }
 
+/// CPU seconds (user and system) another process of this machine has used so far, e.g. a
+/// Node peer the bench started; `None` once it has exited or off Linux.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_seconds(&pid.to_string())
+}
+
 /// The process id of the MariaDB server, if one runs on this machine.
 fn database_server_pid() -> Option<String> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {

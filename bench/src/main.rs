@@ -11,7 +11,7 @@ mod profile;
 mod serving;
 mod writes;
 
-use feedsync_bench::{counters, cpu, database, server, stats};
+use feedsync_bench::{client, counters, cpu, database, server, stats};
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,6 @@
 //! client's (small) cost; that is the same for every case compared.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
