@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod capture;
+pub mod cli;
 pub mod compare;
 pub mod db;
 pub mod model;
