@@ -6,6 +6,7 @@ pub mod client;
 pub mod counters;
 pub mod cpu;
 pub mod database;
+pub mod edge;
 pub mod proxy;
 pub mod server;
 pub mod stats;

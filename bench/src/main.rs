@@ -13,7 +13,7 @@ mod writes;
 
 use feedsync_bench::{client, counters, cpu, database, server, stats};
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
@@ -77,32 +77,12 @@ impl Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let deadline = Duration::from_secs(args.deadline_seconds);
-    let outcome = runtime.block_on(async { tokio::time::timeout(deadline, run(&args)).await });
-    match outcome {
-        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("publisher-bench: {e:#}");
-            eprintln!(
-                "hint: the databases it created are dropped; rerun with fewer --patients or --repeats if a step timed out"
-            );
-            std::process::ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!(
-                "publisher-bench: the run took longer than --deadline-seconds {}",
-                args.deadline_seconds
-            );
-            eprintln!(
-                "hint: lower --patients, --repeats or --requests, or raise --deadline-seconds"
-            );
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let hints = feedsync_bench::edge::Hints {
+        name: "publisher-bench",
+        on_error: "the databases it created are dropped; rerun with fewer --patients or --repeats if a step timed out",
+        on_deadline: "lower --patients, --repeats or --requests, or raise --deadline-seconds",
+    };
+    feedsync_bench::edge::run_with_deadline(args.deadline_seconds, hints, run(&args))
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {

@@ -99,30 +99,12 @@ impl Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let deadline = Duration::from_secs(args.deadline_seconds);
-    let outcome = runtime.block_on(async { tokio::time::timeout(deadline, run(&args)).await });
-    // Children (Node peers, dump clients) are killed on drop; give them no time to linger.
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    match outcome {
-        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("subscriber-bench: {e:#}");
-            eprintln!("hint: the databases and PouchDB files it created are removed; rerun with fewer --patients if a step timed out");
-            std::process::ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!(
-                "subscriber-bench: the run took longer than --deadline-seconds {}",
-                args.deadline_seconds
-            );
-            eprintln!("hint: lower --patients or --repeats, or raise --deadline-seconds");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let hints = feedsync_bench::edge::Hints {
+        name: "subscriber-bench",
+        on_error: "the databases and PouchDB files it created are removed; rerun with fewer --patients if a step timed out",
+        on_deadline: "lower --patients or --repeats, or raise --deadline-seconds",
+    };
+    feedsync_bench::edge::run_with_deadline(args.deadline_seconds, hints, run(&args))
 }
 
 /// One round's three timed copies.
