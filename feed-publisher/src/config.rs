@@ -18,6 +18,8 @@ pub struct Config {
     pub profile: Option<PathBuf>,
     /// Link templates per category: `rest` and `fhir`, with `{uuid}` and `{patient_uuid}`.
     pub links: BTreeMap<String, LinkTemplates>,
+    /// Parent/child network: who wins when both sides changed the same field.
+    pub network: feedsync_shared::exchange::PolicyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -80,6 +82,7 @@ impl Default for Config {
             limits: Limits::default(),
             profile: None,
             links: BTreeMap::new(),
+            network: Default::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod atom;
 pub mod config;
 pub mod feed;
+pub mod network;
 pub mod sequencer;
 pub mod server;
 pub mod testing;

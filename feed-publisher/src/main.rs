@@ -48,6 +48,46 @@ enum Command {
     /// Try it with nothing installed: an OpenMRS schema in SQLite, seeded with a simulated
     /// clinic's records, captured and served.
     Demo(DemoArgs),
+    /// Register, list and revoke the children that sync with this server as their parent.
+    #[command(subcommand)]
+    Child(ChildCommand),
+    /// Conflicts found when children pushed changes this server also changed.
+    #[command(subcommand)]
+    Conflicts(feedsync_shared::cli::ConflictsCommand),
+}
+
+#[derive(Subcommand)]
+enum ChildCommand {
+    /// Register a child and print its token (shown once; give it to the child's operator for
+    /// `feed-subscriber run --parent URL --token TOKEN`).
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// The child's name: letters, digits, '-' and '_'.
+        #[arg(long)]
+        name: String,
+        /// Categories the child may write, comma-separated (see `check`); all when omitted.
+        #[arg(long, value_delimiter = ',')]
+        categories: Vec<String>,
+        /// Send the child every patient, not only its catchment (small networks that want
+        /// every record everywhere).
+        #[arg(long)]
+        all_patients: bool,
+    },
+    /// Every registered child: last contact, acknowledged events, catchment size, held changes.
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a child's access: its token gets 401 from now on. Its data stays.
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -219,7 +259,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             drop(session);
             serve_until_stopped(database, model, config, false).await?;
         }
+        Command::Child(command) => child_command(command).await?,
+        Command::Conflicts(command) => feedsync_shared::cli::conflicts(command).await?,
     }
+    Ok(())
+}
+
+async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
+    use feed_publisher::network;
+    let common = match &command {
+        ChildCommand::Add { common, .. } | ChildCommand::List { common, .. } | ChildCommand::Revoke { common, .. } => common,
+    };
+    let config = load_config(common)?;
+    config.validate()?;
+    let database = Database::from_url(&config.database_url)?;
+    let mut session = database.session().await?;
+    match &command {
+        ChildCommand::Add { name, categories, all_patients, .. } => {
+            let token = network::add_child(&mut session, name, categories, *all_patients).await?;
+            eprintln!("child {name} registered; its token is shown once, keep it secret:");
+            println!("{token}");
+        }
+        ChildCommand::List { json, .. } => {
+            let children = network::list_children(&mut session).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&children)?);
+            } else {
+                for c in &children {
+                    println!(
+                        "{:<24} {} last contact {}; acknowledged through event {}; {} patients in catchment; {} changes held; may write {}",
+                        c.name,
+                        if c.revoked_at.is_some() { "REVOKED" } else { "active" },
+                        c.last_contact.as_deref().unwrap_or("never"),
+                        c.acked_seq,
+                        c.catchment_patients,
+                        c.held_items,
+                        c.categories.join(",")
+                    );
+                }
+                println!("{} children", children.len());
+            }
+        }
+        ChildCommand::Revoke { name, .. } => {
+            network::revoke_child(&mut session, name).await?;
+            println!("child {name} revoked: its token is refused from now on");
+        }
+    }
+    drop(session);
+    database.close().await;
     Ok(())
 }
 

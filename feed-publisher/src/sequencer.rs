@@ -176,11 +176,15 @@ async fn sequence_in_transaction(session: &mut Session, model: &Model, config: &
         .filter_map(|r| Some((r.text("feed")?, PageCursor { page: r.i64("page")?, entries: r.i64("entries")? })))
         .collect();
     let before = cursors.clone();
-    // Changes a subscriber applied here are not this server's own: unless configured to
-    // republish them (a hub passing data on), they are consumed without an event, so a child
-    // never echoes its parent's data back.
-    let publishable: Vec<JournalRow> =
-        journal.iter().filter(|j| config.feed.publish_applied_changes || j.origin.is_none()).cloned().collect();
+    // Changes a feed subscriber applied here are not this server's own: unless configured to
+    // republish them (a hub passing data on), they are consumed without an event, so a
+    // subscriber never echoes its source's data back. Changes from network peers (a parent, a
+    // child) are kept: a parent passes them on, and the exchange leaves out each peer's own.
+    let publishable: Vec<JournalRow> = journal
+        .iter()
+        .filter(|j| config.feed.publish_applied_changes || j.origin.as_deref().is_none_or(feedsync_shared::exchange::is_network_origin))
+        .cloned()
+        .collect();
     let events = plan_events(&publishable, model, config, next_seq, &mut cursors, &mut || uuid::Uuid::new_v4().to_string());
 
     // One multi-row insert per chunk: a round trip per event would dominate on MySQL.

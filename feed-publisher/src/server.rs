@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use feedsync_shared::capture::{self, EVENT_TABLE, hex};
 use feedsync_shared::db::{Database, DbError};
+use feedsync_shared::exchange::NETWORK_PATH;
 use feedsync_shared::model::Model;
 use feedsync_shared::resource::{
     self, BATCH_PATH, BatchItem, BatchRequest, BatchResponse, LookupCache, RESOURCE_PATH, Tombstone,
@@ -84,7 +85,7 @@ pub struct HttpError {
 }
 
 impl HttpError {
-    fn new(status: StatusCode, message: impl Into<String>, hint: &'static str) -> HttpError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>, hint: &'static str) -> HttpError {
         HttpError { status, message: message.into(), hint }
     }
 }
@@ -114,7 +115,7 @@ fn error_response(e: HttpError) -> HttpResponse {
 }
 
 /// A body with its caching and compression decided here, once, for every route.
-struct Reply {
+pub(crate) struct Reply {
     status: StatusCode,
     content_type: &'static str,
     body: Bytes,
@@ -127,7 +128,7 @@ struct Reply {
 }
 
 impl Reply {
-    fn json(status: StatusCode, body: Vec<u8>, etag: bool) -> Reply {
+    pub(crate) fn json(status: StatusCode, body: Vec<u8>, etag: bool) -> Reply {
         Reply { status, content_type: "application/json", body: body.into(), immutable: false, etag, cached: None }
     }
 }
@@ -257,6 +258,9 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
             return Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "batch fetch takes POST", "POST a JSON body {\"resources\": [links...]}"));
         }
         return batch(app, request).await;
+    }
+    if let Some(rest) = path.strip_prefix(NETWORK_PATH) {
+        return crate::network::route(app, request, rest).await;
     }
     if path == HEALTH_PATH {
         return health(app).await;

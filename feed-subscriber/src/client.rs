@@ -199,6 +199,15 @@ impl HttpClient {
         self
     }
 
+    /// Sends `Authorization: Bearer <token>` (a child's token for its parent), to the origin
+    /// each request was made for only, like basic credentials.
+    pub fn with_bearer(mut self, token: &str) -> HttpClient {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-token"));
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        self
+    }
+
     pub fn limits(&self) -> &ClientLimits {
         &self.limits
     }

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod network;
 pub mod reader;
 pub mod state;
 pub mod openmrs_notify;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use feed_subscriber::client::HttpClient;
 use feed_subscriber::config::Config;
 use feed_subscriber::engine::Subscriber;
+use feed_subscriber::network::{ChildNode, HttpParent};
 use feed_subscriber::openmrs_notify::{Notifier, NotifierHandle};
 use feed_subscriber::sink::{SinkLimits, run_sink};
 use feed_subscriber::{sinks, state};
@@ -49,6 +50,47 @@ enum Command {
     /// Forget a feed's marker so the next run reads it again from its first page (safe:
     /// applying is idempotent). For a feed whose archived page changed under the marker.
     Reset(ResetArgs),
+    /// Find a patient registered at another site (at the parent), and bring their record here.
+    #[command(subcommand)]
+    Patient(PatientCommand),
+    /// Conflicts found when the parent's changes met changes made here.
+    #[command(subcommand)]
+    Conflicts(feedsync_shared::cli::ConflictsCommand),
+}
+
+#[derive(Args)]
+struct ParentArgs {
+    /// This child's database.
+    #[arg(long, env = "FEEDSYNC_DB")]
+    db: String,
+    /// The parent publisher's address, e.g. http://district:8086 (with its path prefix, if any).
+    #[arg(long, env = "FEEDSYNC_PARENT")]
+    parent: String,
+    /// This child's token, from `feed-publisher child add` at the parent.
+    #[arg(long, env = "FEEDSYNC_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Subcommand)]
+enum PatientCommand {
+    /// Search the parent by identifier, or by name with birth date (YYYY-MM-DD) and gender
+    /// (M/F); tolerant of spelling. Prints minimal demographics of candidates.
+    Find {
+        #[command(flatten)]
+        parent: ParentArgs,
+        /// An identifier, or words of the name with an optional date and gender.
+        query: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add the patient to this site's catchment and bring the whole record here; later
+    /// changes then flow both ways.
+    Fetch {
+        #[command(flatten)]
+        parent: ParentArgs,
+        /// The patient's uuid, from `patient find`.
+        uuid: String,
+    },
 }
 
 #[derive(Args)]
@@ -82,6 +124,13 @@ struct RunArgs {
     /// With --sink: the database keeping the markers (sqlite://FILE or mysql://...).
     #[arg(long, env = "FEEDSYNC_STATE_DB")]
     state_db: Option<String>,
+    /// Two-way sync as a child of this parent (a feed-publisher address): push this
+    /// database's changes up, apply the parent's down. Needs --token.
+    #[arg(long, env = "FEEDSYNC_PARENT")]
+    parent: Option<String>,
+    /// This child's token, from `feed-publisher child add` at the parent.
+    #[arg(long, env = "FEEDSYNC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// Longest wait at exit for OpenMRS to be told about the last rows applied.
@@ -160,6 +209,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(db) = args.db {
                 config.database_url = db;
+            }
+            if let Some(parent) = &args.parent {
+                let token = args.token.as_deref().context("--parent needs --token TOKEN (printed by `feed-publisher child add` at the parent)")?;
+                anyhow::ensure!(!config.database_url.is_empty(), "no database given: pass --db URL");
+                return run_child(&config, parent, token, args.once).await;
             }
             config.validate()?;
             let database = Database::from_url(&config.database_url)?;
@@ -274,6 +328,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             drop(session);
             database.close().await;
         }
+        Command::Patient(command) => patient_command(command).await?,
+        Command::Conflicts(command) => feedsync_shared::cli::conflicts(command).await?,
         Command::Reset(args) => {
             let database = Database::from_url(&args.db)?;
             let mut session = database.session().await?;
@@ -283,6 +339,78 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("marker of {} forgotten: the next run reads it from its first page", args.feed);
             drop(session);
             database.close().await;
+        }
+    }
+    Ok(())
+}
+
+async fn open_child(db: &str, parent: &str, token: &str) -> anyhow::Result<ChildNode<HttpParent>> {
+    let database = Database::from_url(db)?;
+    let mut session = database.session().await.with_context(|| format!("cannot open {}", database.display_name()))?;
+    let schema = read_schema(&mut session, database.schema_name()).await?;
+    let model = model::build(&schema, &Profile::openmrs());
+    anyhow::ensure!(!model.entities.is_empty(), "{} holds no OpenMRS tables: load an OpenMRS schema first", database.display_name());
+    drop(session);
+    Ok(ChildNode::new(database, model, HttpParent::new(parent, token)))
+}
+
+/// `run --parent URL --token TOKEN`: rounds of push and pull; with --once until a round moves
+/// nothing, then exit 0.
+async fn run_child(config: &Config, parent: &str, token: &str, once: bool) -> anyhow::Result<()> {
+    let child = open_child(&config.database_url, parent, token).await?;
+    eprintln!("preparing {} (capture tables and triggers; the first time, a snapshot)...", child.database.display_name());
+    child.prepare().await?;
+    if once {
+        let r = child.sync_until_idle(1_000).await?;
+        println!(
+            "in step with {parent}: {} pushed ({} held at the parent, {} not allowed), {} received ({} held here), {} conflicts recorded",
+            r.pushed, r.held_at_parent, r.not_allowed, r.pulled, r.held_here, r.conflicts
+        );
+        return Ok(());
+    }
+    loop {
+        tokio::select! {
+            result = child.round() => match result {
+                Ok(r) if r.moved() => tracing::info!(pushed = r.pushed, received = r.pulled, held_here = r.held_here, conflicts = r.conflicts, "round"),
+                Ok(_) => {}
+                Err(e) if e.is_retryable() => tracing::warn!(error = %e, "parent unreachable; will retry"),
+                Err(e) => return Err(e.into()),
+            },
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        tokio::time::sleep(Duration::from_millis(config.poll_interval_ms)).await;
+    }
+}
+
+async fn patient_command(command: PatientCommand) -> anyhow::Result<()> {
+    match command {
+        PatientCommand::Find { parent, query, json } => {
+            let child = open_child(&parent.db, &parent.parent, &parent.token).await?;
+            let text = query.join(" ");
+            let found = child.find_patients(&text, 10).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                for c in &found {
+                    let name = [&c.given_name, &c.middle_name, &c.family_name].iter().filter_map(|n| n.as_deref()).collect::<Vec<_>>().join(" ");
+                    println!(
+                        "{}  {name}  {} born {}  ids {}  (score {:.2}, by {})",
+                        c.uuid,
+                        c.gender.as_deref().unwrap_or("?"),
+                        c.birthdate.as_deref().unwrap_or("?"),
+                        c.identifiers.join(", "),
+                        c.score,
+                        c.matched_by
+                    );
+                }
+                println!("{} candidates; bring one here with `feed-subscriber patient fetch ... UUID`", found.len());
+            }
+        }
+        PatientCommand::Fetch { parent, uuid } => {
+            let child = open_child(&parent.db, &parent.parent, &parent.token).await?;
+            child.prepare().await?;
+            let (applied, held) = child.fetch_patient(&uuid).await?;
+            println!("patient {uuid} fetched: {applied} rows applied, {held} held until what they reference arrives; later changes flow both ways");
         }
     }
     Ok(())

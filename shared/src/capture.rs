@@ -33,6 +33,12 @@ const MYSQL_IDENTIFIER_LENGTH_MAX: usize = 64;
 
 /// The toolkit's tables, in creation order.
 pub fn table_ddl(dialect: Dialect) -> Vec<String> {
+    let mut ddl = capture_ddl(dialect);
+    ddl.extend(crate::exchange::network_ddl(dialect));
+    ddl
+}
+
+fn capture_ddl(dialect: Dialect) -> Vec<String> {
     match dialect {
         Dialect::MySql => vec![
             // journal_id orders changes only within what one reader sees; the sequencer,
@@ -65,7 +71,8 @@ pub fn table_ddl(dialect: Dialect) -> Vec<String> {
                content TEXT NOT NULL, \
                KEY feedsync_event_category_page (category, category_page, event_seq), \
                KEY feedsync_event_all_page (all_page, event_seq), \
-               KEY feedsync_event_entity (table_name, entity_key(191))\
+               KEY feedsync_event_entity (table_name, entity_key(191)), \
+               KEY feedsync_event_patient (patient_uuid, event_seq)\
              ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
                 .into(),
             "CREATE TABLE IF NOT EXISTS feedsync_page (\

@@ -15,3 +15,90 @@ pub fn run_main(command: impl Future<Output = anyhow::Result<()>>) {
         std::process::exit(1);
     }
 }
+
+/// `conflicts list|resolve`, the same on both binaries: on the parent for conflicts found
+/// when children push, on a child for those found when it pulls.
+#[derive(clap::Subcommand)]
+pub enum ConflictsCommand {
+    /// Conflict records: both versions and the fields both sides changed (open ones unless --all).
+    List {
+        /// Database URL.
+        #[arg(long, env = "FEEDSYNC_DB")]
+        db: String,
+        /// Machine-readable output (every version in full).
+        #[arg(long)]
+        json: bool,
+        /// Resolved ones too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Resolve one: the chosen version is written here as a local change and syncs everywhere.
+    Resolve {
+        #[arg(long, env = "FEEDSYNC_DB")]
+        db: String,
+        /// The conflict's number, from `conflicts list`.
+        id: i64,
+        /// mine (this database's version in the conflict), theirs (the other side's) or fields.
+        #[arg(long)]
+        take: String,
+        /// With --take fields: NAME=mine or NAME=theirs (repeatable); other fields keep their current value.
+        #[arg(long = "field")]
+        fields: Vec<String>,
+    },
+}
+
+pub async fn conflicts(command: ConflictsCommand) -> anyhow::Result<()> {
+    use crate::exchange;
+    let db = match &command {
+        ConflictsCommand::List { db, .. } | ConflictsCommand::Resolve { db, .. } => db.clone(),
+    };
+    let database = crate::db::Database::from_url(&db)?;
+    let mut session = database.session().await?;
+    for ddl in exchange::network_ddl(session.dialect()) {
+        session.execute_script(&ddl).await?;
+    }
+    match command {
+        ConflictsCommand::List { json, all, .. } => {
+            let list = exchange::list_conflicts(&mut session, all, 10_000).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for c in &list {
+                    let (mine, theirs) = c.mine_theirs();
+                    println!(
+                        "conflict #{} {} {} {} ({}; with {}; {} won{})",
+                        c.id,
+                        c.status,
+                        c.table,
+                        c.key,
+                        c.detected_at,
+                        c.peer,
+                        c.winner,
+                        if c.entity_conflict { "; one side deleted it" } else { "" }
+                    );
+                    for field in &c.fields {
+                        let show = |v: &Option<exchange::ConflictFields>| v.as_ref().and_then(|f| f.get(field)).map_or("(absent)".to_owned(), |v| v.to_string());
+                        println!("  {field}: mine {} | theirs {}", show(mine), show(theirs));
+                    }
+                    if c.entity_conflict {
+                        println!("  mine: {} | theirs: {}", if mine.is_some() { "present" } else { "deleted" }, if theirs.is_some() { "present" } else { "deleted" });
+                    }
+                }
+                println!("{} conflicts{}", list.len(), if all { "" } else { " open" });
+            }
+        }
+        ConflictsCommand::Resolve { id, take, fields, .. } => {
+            let take = exchange::Take::parse(&take, &fields).map_err(|e| anyhow::anyhow!(e))?;
+            let schema = crate::schema::read_schema(&mut session, database.schema_name()).await?;
+            let model = crate::model::build(&schema, &crate::profile::Profile::openmrs());
+            let result = exchange::resolve_conflict(&mut session, &model, id, &take).await?;
+            println!(
+                "conflict #{id} resolved: the chosen version ({}) is written here and syncs like any local change",
+                if result.is_some() { "present" } else { "deleted" }
+            );
+        }
+    }
+    drop(session);
+    database.close().await;
+    Ok(())
+}

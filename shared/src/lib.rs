@@ -3,14 +3,18 @@
 //! resources. Nothing here speaks HTTP or renders feeds.
 
 pub mod apply;
+pub mod bundle;
 pub mod capture;
 pub mod cli;
 pub mod compare;
 pub mod db;
+pub mod exchange;
+pub mod merge;
 pub mod model;
 pub mod mysql_dump;
 pub mod profile;
 pub mod resource;
 pub mod schema;
+pub mod search;
 pub mod testing;
 pub mod workload;

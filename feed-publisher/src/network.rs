@@ -1,0 +1,514 @@
+//! The parent's side of the network: registered children and their tokens, the per-child
+//! change feed filtered to the child's catchment, the push endpoint where children's changes
+//! are merged and applied, and patient search and fetch. Every route needs a child's token
+//! (`Authorization: Bearer <name>.<secret>`); anything else gets 401 and nothing more.
+//!
+//! Catchment: metadata (rows that belong to no patient, and the person rows of users and
+//! providers) goes to every child; a patient's rows go to a child only when the patient is in
+//! its catchment: registered or written there (added when the child pushes the patient's
+//! rows), fetched there, or every patient for a child registered with `--all-patients`.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::{Method, Request, StatusCode};
+use serde::Serialize;
+
+use feedsync_shared::capture::{self, EVENT_TABLE};
+use feedsync_shared::db::{Dialect, Session, Value, quote_ident};
+use feedsync_shared::exchange::{
+    self, Attempt, CATCHMENT_TABLE, CHILD_TABLE, Changes, Hello, ITEMS_PER_MESSAGE_MAX, PUSH_BODY_BYTES_MAX, PushRequest, PushResponse,
+    PushResult, PushStatus, Receiver, Record,
+};
+use feedsync_shared::merge::Side;
+use feedsync_shared::model::{Model, RowSource};
+use feedsync_shared::resource::{self, LookupCache};
+use feedsync_shared::search;
+
+use crate::server::{App, HttpError, Reply};
+
+/// A registered child as the parent knows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Child {
+    pub name: String,
+    pub categories: Vec<String>,
+    pub all_patients: bool,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+    pub acked_seq: i64,
+    pub last_contact: Option<String>,
+    pub catchment_patients: i64,
+    pub held_items: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("invalid child name {0:?}: use 1 to 64 letters, digits, '-' or '_'")]
+    BadName(String),
+    #[error("a child named {0:?} is already registered; `child list` shows it, `child revoke` ends it")]
+    Exists(String),
+    #[error("no child named {0:?}; `child list` shows the registered children")]
+    Unknown(String),
+    #[error("{0}")]
+    Database(#[from] feedsync_shared::db::DbError),
+}
+
+/// Registers a child and returns its token (shown once; only its hash is kept).
+pub async fn add_child(session: &mut Session, name: &str, categories: &[String], all_patients: bool) -> Result<String, AdminError> {
+    if !exchange::valid_child_name(name) {
+        return Err(AdminError::BadName(name.into()));
+    }
+    prepare(session).await?;
+    if !session.query(&format!("SELECT name FROM {CHILD_TABLE} WHERE name = ?"), &[name.into()]).await?.is_empty() {
+        return Err(AdminError::Exists(name.into()));
+    }
+    let token = exchange::new_token(name);
+    let categories = if categories.is_empty() { "*".to_owned() } else { categories.join(",") };
+    session
+        .execute(
+            &format!("INSERT INTO {CHILD_TABLE} (name, token_hash, categories, all_patients) VALUES (?, ?, ?, ?)"),
+            &[name.into(), exchange::token_hash(&token).into(), categories.into(), Value::Int(all_patients as i64)],
+        )
+        .await?;
+    Ok(token)
+}
+
+pub async fn revoke_child(session: &mut Session, name: &str) -> Result<(), AdminError> {
+    prepare(session).await?;
+    let now = now_sql(session.dialect());
+    let n = session.execute(&format!("UPDATE {CHILD_TABLE} SET revoked_at = {now} WHERE name = ? AND revoked_at IS NULL"), &[name.into()]).await?;
+    if n == 0 {
+        return Err(AdminError::Unknown(name.into()));
+    }
+    Ok(())
+}
+
+pub async fn list_children(session: &mut Session) -> Result<Vec<Child>, AdminError> {
+    prepare(session).await?;
+    let rows = session
+        .query(
+            &format!(
+                "SELECT c.*, (SELECT COUNT(*) FROM {CATCHMENT_TABLE} k WHERE k.child = c.name) AS catchment_patients, \
+                 (SELECT COUNT(*) FROM {inbox} i WHERE i.peer = c.name) AS held_items FROM {CHILD_TABLE} c ORDER BY c.name",
+                inbox = exchange::INBOX_TABLE
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(child_from_row).collect())
+}
+
+fn child_from_row(r: &feedsync_shared::db::Row) -> Child {
+    Child {
+        name: r.text("name").unwrap_or_default(),
+        categories: r.text("categories").unwrap_or_default().split(',').map(str::to_owned).collect(),
+        all_patients: r.i64("all_patients").unwrap_or_default() != 0,
+        created_at: r.text("created_at").unwrap_or_default(),
+        revoked_at: r.text("revoked_at"),
+        acked_seq: r.i64("acked_seq").unwrap_or_default(),
+        last_contact: r.text("last_contact"),
+        catchment_patients: r.i64("catchment_patients").unwrap_or_default(),
+        held_items: r.i64("held_items").unwrap_or_default(),
+    }
+}
+
+/// Creates the network tables if this database predates them (they come with `install`).
+async fn prepare(session: &mut Session) -> Result<(), feedsync_shared::db::DbError> {
+    for ddl in exchange::network_ddl(session.dialect()) {
+        session.execute_script(&ddl).await?;
+    }
+    Ok(())
+}
+
+fn now_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::MySql => "CURRENT_TIMESTAMP(3)",
+        Dialect::Sqlite => "strftime('%Y-%m-%d %H:%M:%f', 'now')",
+    }
+}
+
+// ---- HTTP ----
+
+fn unauthorized(message: &str) -> HttpError {
+    HttpError::new(StatusCode::UNAUTHORIZED, message.to_owned(), "send Authorization: Bearer <token> with the token `feed-publisher child add` printed")
+}
+
+/// The child a request's token belongs to, or 401.
+async fn authenticate(session: &mut Session, request: &Request<Incoming>) -> Result<Child, HttpError> {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("this endpoint needs a child's token"))?;
+    let name = exchange::token_child(token).ok_or_else(|| unauthorized("token not accepted"))?;
+    let rows = session.query(&format!("SELECT *, 0 AS catchment_patients, 0 AS held_items FROM {CHILD_TABLE} WHERE name = ?"), &[name.into()]).await?;
+    let row = rows.first().ok_or_else(|| unauthorized("token not accepted"))?;
+    let stored = row.text("token_hash").unwrap_or_default();
+    if !exchange::hashes_equal(&stored, &exchange::token_hash(token)) || row.text("revoked_at").is_some() {
+        return Err(unauthorized("token not accepted"));
+    }
+    let now = now_sql(session.dialect());
+    session.execute(&format!("UPDATE {CHILD_TABLE} SET last_contact = {now} WHERE name = ?"), &[name.into()]).await?;
+    Ok(child_from_row(row))
+}
+
+pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> Result<Reply, HttpError> {
+    let mut session = app.database.session().await?;
+    prepare(&mut session).await?;
+    let child = authenticate(&mut session, &request).await?;
+    let query: BTreeMap<String, String> = request
+        .uri()
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let method = request.method().clone();
+    let json = |value: &dyn erased::Json| Ok(Reply::json(StatusCode::OK, value.to_json(), false));
+    match (method, rest) {
+        (Method::GET, "/hello") => {
+            let last_seq = last_seq(&mut session).await?;
+            json(&Hello { child: child.name.clone(), categories: child.categories.clone(), policy: app.config.network.clone(), last_seq })
+        }
+        (Method::GET, "/changes") => {
+            let after = number(&query, "after", 0)?;
+            let limit = number(&query, "limit", ITEMS_PER_MESSAGE_MAX as i64)?.clamp(1, ITEMS_PER_MESSAGE_MAX as i64) as usize;
+            json(&changes(&mut session, &app.model, &child, after, limit).await?)
+        }
+        (Method::POST, "/push") => {
+            let body = read_body(request, PUSH_BODY_BYTES_MAX).await?;
+            let push: PushRequest = serde_json::from_slice(&body).map_err(|e| {
+                HttpError::new(StatusCode::BAD_REQUEST, format!("push body is not a valid push: {e}"), "send {\"through_seq\": N, \"items\": [...]} as feed-subscriber does")
+            })?;
+            json(&push_items(&mut session, app, &child, push).await?)
+        }
+        (Method::GET, "/patients") => {
+            let text = query.get("q").map(String::as_str).unwrap_or_default();
+            let parsed = search::parse_query(text).map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e, "search by identifier, or by name with birth date (YYYY-MM-DD) and gender"))?;
+            let limit = number(&query, "limit", 10)?.clamp(1, 50) as usize;
+            let found = search::find_patients(&mut session, &parsed, limit).await?;
+            exchange::audit(&mut session, &child.name, "patient-find", None, &format!("query {text:?}: {} candidates", found.len())).await?;
+            json(&serde_json::json!({ "candidates": found }))
+        }
+        (Method::POST, path) if path.starts_with("/patients/") && path.ends_with("/fetch") => {
+            let uuid = &path["/patients/".len()..path.len() - "/fetch".len()];
+            json(&fetch_patient(&mut session, &app.model, &child, uuid).await?)
+        }
+        (_, path) => Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            format!("no network route {path}"),
+            "network routes: GET hello, GET changes?after=N, POST push, GET patients?q=, POST patients/{uuid}/fetch",
+        )),
+    }
+}
+
+/// Serializes any reply body (a tiny object-safe wrapper over `Serialize`).
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).expect("replies serialize")
+        }
+    }
+}
+
+fn number(query: &BTreeMap<String, String>, name: &str, default: i64) -> Result<i64, HttpError> {
+    match query.get(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| HttpError::new(StatusCode::BAD_REQUEST, format!("{name}={v:?} is not a number"), "pass whole numbers")),
+    }
+}
+
+async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, HttpError> {
+    let too_large = || HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {max} bytes"), "send fewer items per push");
+    if request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let gzip = request.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let body = Limited::new(request.into_body(), max).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            too_large()
+        } else {
+            HttpError::new(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"), "send the whole body")
+        }
+    })?;
+    let bytes = body.to_bytes();
+    if !gzip {
+        return Ok(bytes);
+    }
+    use std::io::Read;
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&bytes[..]).take(max as u64 + 1).read_to_end(&mut plain).map_err(|e| {
+        HttpError::new(StatusCode::BAD_REQUEST, format!("gzip body could not be decompressed: {e}"), "send valid gzip or an uncompressed body")
+    })?;
+    if plain.len() > max {
+        return Err(too_large());
+    }
+    Ok(plain.into())
+}
+
+async fn last_seq(session: &mut Session) -> Result<i64, HttpError> {
+    let rows = session.query(&format!("SELECT COALESCE(MAX(event_seq), 0) AS n FROM {EVENT_TABLE}"), &[]).await?;
+    Ok(rows.first().and_then(|r| r.i64("n")).unwrap_or_default())
+}
+
+/// Events scanned per change page at most (the page stops earlier when it is full).
+const EVENTS_SCANNED_MAX: i64 = 5_000;
+/// Values per `IN (...)` list.
+const IN_LIST_MAX: usize = 500;
+
+/// The child's next page of changes: events after `after`, minus the child's own, minus
+/// patients outside its catchment, each entity once with its current state.
+pub async fn changes(session: &mut Session, model: &Model, child: &Child, after: i64, limit: usize) -> Result<Changes, HttpError> {
+    let events = session
+        .query(
+            &format!("SELECT event_seq, table_name, entity_key, patient_uuid, origin FROM {EVENT_TABLE} WHERE event_seq > ? ORDER BY event_seq LIMIT {EVENTS_SCANNED_MAX}"),
+            &[Value::Int(after)],
+        )
+        .await?;
+    let own = exchange::child_origin(&child.name);
+    let patients: BTreeSet<String> = events.iter().filter_map(|e| e.text("patient_uuid")).collect();
+    let visible: HashSet<String> = if child.all_patients { patients.clone().into_iter().collect() } else { visible_patients(session, &child.name, &patients).await? };
+    let mut through = after;
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let mut wanted: Vec<(i64, String, String)> = Vec::new();
+    let mut full = false;
+    for event in &events {
+        let seq = event.i64("event_seq").unwrap_or_default();
+        through = seq;
+        if event.text("origin").as_deref() == Some(own.as_str()) {
+            continue;
+        }
+        if let Some(p) = event.text("patient_uuid")
+            && !visible.contains(&p)
+        {
+            continue;
+        }
+        let entity = (event.text("table_name").unwrap_or_default(), event.text("entity_key").unwrap_or_default());
+        if seen.insert(entity.clone()) {
+            wanted.push((seq, entity.0, entity.1));
+        }
+        if wanted.len() >= limit {
+            full = true;
+            break;
+        }
+    }
+    let mut cache = LookupCache::default();
+    let mut items = Vec::with_capacity(wanted.len());
+    for (seq, table, key) in wanted {
+        items.push(exchange::local_item(session, model, seq, &table, &key, &mut cache).await?);
+    }
+    let more = full || events.len() as i64 == EVENTS_SCANNED_MAX;
+    Ok(Changes { items, through, more })
+}
+
+/// Of these person uuids, the ones this child may receive: patients in its catchment, and
+/// persons who are not patients (users' and providers' persons are metadata).
+async fn visible_patients(session: &mut Session, child: &str, persons: &BTreeSet<String>) -> Result<HashSet<String>, HttpError> {
+    let mut visible = HashSet::new();
+    let persons: Vec<&String> = persons.iter().collect();
+    for chunk in persons.chunks(IN_LIST_MAX) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let mut params: Vec<Value> = vec![child.into()];
+        params.extend(chunk.iter().map(|p| Value::from(p.as_str())));
+        for r in session.query(&format!("SELECT patient_uuid FROM {CATCHMENT_TABLE} WHERE child = ? AND patient_uuid IN ({marks})"), &params).await? {
+            visible.extend(r.text("patient_uuid"));
+        }
+        let params: Vec<Value> = chunk.iter().map(|p| Value::from(p.as_str())).collect();
+        let patients: HashSet<String> = session
+            .query(&format!("SELECT pe.uuid AS uuid FROM person pe JOIN patient pt ON pt.patient_id = pe.person_id WHERE pe.uuid IN ({marks})"), &params)
+            .await?
+            .iter()
+            .filter_map(|r| r.text("uuid"))
+            .collect();
+        visible.extend(chunk.iter().filter(|p| !patients.contains(p.as_str())).map(|p| p.to_string()));
+    }
+    Ok(visible)
+}
+
+/// Merges and applies a child's push in one transaction; returns the parent's version of
+/// every item. Refuses the whole push (nothing applied) when an item names a table or
+/// category the child may not write.
+pub async fn push_items(session: &mut Session, app: &App, child: &Child, push: PushRequest) -> Result<PushResponse, HttpError> {
+    let model = &app.model;
+    if push.items.len() > ITEMS_PER_MESSAGE_MAX {
+        return Err(HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("push holds {} items; at most {ITEMS_PER_MESSAGE_MAX}", push.items.len()),
+            "send fewer items per push",
+        ));
+    }
+    for item in &push.items {
+        let Some(entity) = model.entity(&item.table) else {
+            return Err(HttpError::new(StatusCode::BAD_REQUEST, format!("item {}/{}: table {:?} is not published here", item.table, item.key, item.table), "push only tables the parent publishes (feed-publisher check lists them)"));
+        };
+        if !exchange::category_allowed(&child.categories, &entity.category) {
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                format!("child {} may not write category {:?} (item {}/{}); it may write: {}", child.name, entity.category, item.table, item.key, child.categories.join(", ")),
+                "nothing in this push was applied; register the child with that category or stop writing it there",
+            ));
+        }
+        if item.key.is_empty() || item.resource.as_ref().is_some_and(|r| r.table != item.table || r.key != item.key) {
+            return Err(HttpError::new(StatusCode::BAD_REQUEST, format!("item {}/{}: its resource names another entity or the key is empty", item.table, item.key), "send each entity's own resource"));
+        }
+    }
+    let origin = exchange::child_origin(&child.name);
+    let receiver = Receiver { model, from: Side::Child, peer: &child.name, policy: &app.config.network };
+    let mut cache = LookupCache::default();
+    let dialect = session.dialect();
+    if dialect == Dialect::MySql {
+        session.execute_script("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+    }
+    session.begin().await?;
+    let outcome = async {
+        capture::set_origin(session, &origin).await?;
+        let lock = if dialect == Dialect::MySql { " FOR UPDATE" } else { "" };
+        let acked = session
+            .query(&format!("SELECT acked_seq FROM {CHILD_TABLE} WHERE name = ?{lock}"), &[child.name.as_str().into()])
+            .await?
+            .first()
+            .and_then(|r| r.i64("acked_seq"))
+            .unwrap_or_default();
+        exchange::retry_held(session, &receiver, &child.name, &mut cache, false).await.map_err(apply_error)?;
+        let mut results: Vec<Option<PushResult>> = vec![None; push.items.len()];
+        let mut pending: Vec<usize> = Vec::new();
+        for (i, item) in push.items.iter().enumerate() {
+            if item.seq <= acked {
+                let now = exchange::current(session, model, &item.table, &item.key, &mut cache).await?;
+                results[i] = Some(PushResult { table: item.table.clone(), key: item.key.clone(), status: PushStatus::Already, result: now, conflict_id: None, reason: None });
+            } else {
+                pending.push(i);
+            }
+        }
+        // Items waiting for rows later in the same push get further passes.
+        let mut waiting: BTreeMap<usize, String> = BTreeMap::new();
+        for pass in 0..exchange::PASSES_MAX {
+            let mut progressed = false;
+            let mut still = Vec::new();
+            for &i in &pending {
+                let item = &push.items[i];
+                if pass == 0 {
+                    exchange::supersede_held(session, &child.name, &item.table, &item.key).await?;
+                }
+                match exchange::attempt(session, &receiver, item, item.base.as_ref(), &mut cache).await.map_err(apply_error)? {
+                    Attempt::Done(exchange::Received::Done { result, conflict_id, .. }) => {
+                        progressed = true;
+                        waiting.remove(&i);
+                        add_to_catchment(session, model, &child.name, &item.table, &item.key, "wrote").await?;
+                        results[i] = Some(PushResult { table: item.table.clone(), key: item.key.clone(), status: PushStatus::Applied, result, conflict_id, reason: None });
+                    }
+                    Attempt::Done(exchange::Received::Waiting { .. }) => unreachable!("attempt reports waiting as Attempt::Waiting"),
+                    Attempt::Waiting(reason) => {
+                        waiting.insert(i, reason);
+                        still.push(i);
+                    }
+                    Attempt::Refused(reason) => {
+                        waiting.insert(i, reason);
+                        if pass + 1 < exchange::PASSES_MAX {
+                            still.push(i);
+                        }
+                    }
+                }
+            }
+            pending = still;
+            if !progressed || pending.is_empty() {
+                break;
+            }
+        }
+        for (i, reason) in waiting {
+            let item = &push.items[i];
+            tracing::warn!(child = %child.name, table = %item.table, key = %item.key, %reason, "pushed change held until it can apply");
+            exchange::hold(session, &child.name, item, &reason).await?;
+            results[i] = Some(PushResult { table: item.table.clone(), key: item.key.clone(), status: PushStatus::Held, result: None, conflict_id: None, reason: Some(reason) });
+        }
+        let acked_through = acked.max(push.through_seq);
+        session.execute(&format!("UPDATE {CHILD_TABLE} SET acked_seq = ? WHERE name = ?"), &[Value::Int(acked_through), child.name.as_str().into()]).await?;
+        capture::clear_origin(session).await?;
+        Ok::<PushResponse, HttpError>(PushResponse { acked_through, results: results.into_iter().map(|r| r.expect("every item decided")).collect() })
+    }
+    .await;
+    match outcome {
+        Ok(response) => {
+            session.commit().await?;
+            Ok(response)
+        }
+        Err(e) => {
+            let _ = session.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+fn apply_error(e: feedsync_shared::apply::ApplyError) -> HttpError {
+    HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "the parent's database is unavailable or busy; the child retries the push")
+}
+
+/// Adds the patient a row belongs to (if any) to the child's catchment.
+async fn add_to_catchment(session: &mut Session, model: &Model, child: &str, table: &str, key: &str, reason: &str) -> Result<(), HttpError> {
+    let Some(patient) = patient_of(session, model, table, key).await? else { return Ok(()) };
+    insert_catchment(session, child, &patient, reason).await
+}
+
+async fn insert_catchment(session: &mut Session, child: &str, patient: &str, reason: &str) -> Result<(), HttpError> {
+    let sql = match session.dialect() {
+        Dialect::MySql => format!("INSERT IGNORE INTO {CATCHMENT_TABLE} (child, patient_uuid, reason) VALUES (?, ?, ?)"),
+        Dialect::Sqlite => format!("INSERT OR IGNORE INTO {CATCHMENT_TABLE} (child, patient_uuid, reason) VALUES (?, ?, ?)"),
+    };
+    session.execute(&sql, &[child.into(), patient.into(), reason.into()]).await?;
+    Ok(())
+}
+
+/// The uuid of the patient a row belongs to, if it is patient data.
+pub async fn patient_of(session: &mut Session, model: &Model, table: &str, key: &str) -> Result<Option<String>, HttpError> {
+    let dialect = session.dialect();
+    let Some(entity) = model.entity(table) else { return Ok(None) };
+    let Some(patient_sql) = model.patient_sql(dialect, table, &RowSource::Alias("t")) else { return Ok(None) };
+    let Some((condition, params)) = resource::identity_condition(session, model, entity, key).await? else { return Ok(None) };
+    let sql = format!("SELECT {patient_sql} AS patient_uuid FROM {} t WHERE {condition}", quote_ident(dialect, table));
+    let Some(uuid) = session.query(&sql, &params).await?.first().and_then(|r| r.text("patient_uuid")) else { return Ok(None) };
+    let is_patient = !session
+        .query("SELECT pt.patient_id FROM person pe JOIN patient pt ON pt.patient_id = pe.person_id WHERE pe.uuid = ?", &[uuid.as_str().into()])
+        .await?
+        .is_empty();
+    Ok(is_patient.then_some(uuid))
+}
+
+/// Adds a patient to a child's catchment and returns the whole record, parents first.
+pub async fn fetch_patient(session: &mut Session, model: &Model, child: &Child, uuid: &str) -> Result<Record, HttpError> {
+    let exists = !session
+        .query("SELECT pt.patient_id FROM person pe JOIN patient pt ON pt.patient_id = pe.person_id WHERE pe.uuid = ?", &[uuid.into()])
+        .await?
+        .is_empty();
+    if !exists {
+        return Err(HttpError::new(StatusCode::NOT_FOUND, format!("no patient with uuid {uuid:?} here"), "use the uuid a patient search returned"));
+    }
+    insert_catchment(session, &child.name, uuid, "fetched").await?;
+    let rows = session
+        .query(
+            &format!(
+                "SELECT table_name, entity_key, MIN(event_seq) AS first_seq FROM {EVENT_TABLE} WHERE patient_uuid = ? \
+                 GROUP BY table_name, entity_key ORDER BY first_seq LIMIT {}",
+                exchange::RECORD_ROWS_MAX
+            ),
+            &[uuid.into()],
+        )
+        .await?;
+    let mut cache = LookupCache::default();
+    let mut items = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (Some(table), Some(key)) = (r.text("table_name"), r.text("entity_key")) else { continue };
+        let item = exchange::local_item(session, model, 0, &table, &key, &mut cache).await?;
+        if item.resource.is_some() {
+            items.push(item);
+        }
+    }
+    exchange::audit(session, &child.name, "patient-fetch", Some(uuid), &format!("{} rows sent", items.len())).await?;
+    tracing::info!(child = %child.name, patient = uuid, rows = items.len(), "patient fetched into a child's catchment");
+    Ok(Record { patient_uuid: uuid.into(), items })
+}

@@ -1,0 +1,478 @@
+//! A child's side of the network: `run --parent URL --token TOKEN`. Children have no fixed
+//! address, so the child starts everything. A round:
+//!
+//! 1. sequences its own journal (the publisher's sequencer, in this database), so its local
+//!    changes have gap-free event numbers;
+//! 2. pushes its own changes (and those of its own children, when it is a district) after the
+//!    last event the parent acknowledged, each with the version last exchanged (the base), and
+//!    applies the parent's merged version of each from the reply;
+//! 3. pulls the parent's changes for it after its marker and merges each into the local row;
+//! 4. retries what it holds because references had not arrived.
+//!
+//! Every step commits its data, bases and marker in one transaction, so a crash anywhere
+//! repeats at most the last message, which is harmless: pushes carry event numbers the parent
+//! acknowledges, and applying a version twice changes nothing. Merging is
+//! [`exchange::receive`], the same code the parent runs.
+
+use std::collections::BTreeMap;
+
+use feedsync_shared::capture;
+use feedsync_shared::db::{Database, DbError, Session, Value};
+use feedsync_shared::exchange::{
+    self, Attempt, Base, Changes, Hello, ITEMS_PER_MESSAGE_MAX, Item, NETWORK_PATH, ORIGIN_PARENT, PEER_PARENT, PushRequest, PushResponse, PushStatus,
+    Receiver, Record,
+};
+use feedsync_shared::merge::Side;
+use feedsync_shared::model::Model;
+use feedsync_shared::resource::LookupCache;
+use feedsync_shared::search::Candidate;
+
+use crate::client::{ClientError, HttpClient};
+
+/// State names in `feedsync_state`.
+const PUSH_THROUGH: &str = "network.push_through";
+const PULL_AFTER: &str = "network.pull_after";
+/// Messages per direction in one round at most (a round ends earlier when caught up).
+const MESSAGES_PER_ROUND_MAX: usize = 10_000;
+
+/// Why talking to the parent failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct LinkError {
+    pub message: String,
+    /// Trying again later may help (the parent or the link is down).
+    pub retryable: bool,
+    /// The parent refused the token.
+    pub unauthorized: bool,
+}
+
+impl From<ClientError> for LinkError {
+    fn from(e: ClientError) -> Self {
+        let unauthorized = e.status() == Some(401);
+        let message = if unauthorized {
+            format!("{e}. The parent does not accept this token: check --token, or ask the parent's operator (`feed-publisher child list`)")
+        } else {
+            e.to_string()
+        };
+        LinkError { retryable: e.is_retryable(), unauthorized, message }
+    }
+}
+
+/// How a child reaches its parent: HTTP in production; tests put a faulty link in between.
+#[allow(async_fn_in_trait)]
+pub trait ParentLink {
+    async fn hello(&self) -> Result<Hello, LinkError>;
+    async fn changes(&self, after: i64, limit: usize) -> Result<Changes, LinkError>;
+    async fn push(&self, push: &PushRequest) -> Result<PushResponse, LinkError>;
+    async fn find_patients(&self, query: &str, limit: usize) -> Result<Vec<Candidate>, LinkError>;
+    async fn fetch_patient(&self, uuid: &str) -> Result<Record, LinkError>;
+}
+
+/// The parent over HTTP: `URL` is the parent publisher's base (with its path prefix, if any).
+pub struct HttpParent {
+    pub client: HttpClient,
+    pub base: String,
+}
+
+impl HttpParent {
+    pub fn new(parent_url: &str, token: &str) -> HttpParent {
+        let limits = crate::client::ClientLimits { response_bytes_max: 256 << 20, ..Default::default() };
+        HttpParent { client: HttpClient::new(limits).with_bearer(token), base: parent_url.trim_end_matches('/').to_owned() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{NETWORK_PATH}{path}", self.base)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, url: &str, body: &[u8]) -> Result<T, LinkError> {
+        serde_json::from_slice(body).map_err(|e| LinkError {
+            message: format!("{url} answered something that is not a feedsync network reply: {e}. Is --parent a feed-publisher's address?"),
+            retryable: false,
+            unauthorized: false,
+        })
+    }
+}
+
+impl ParentLink for HttpParent {
+    async fn hello(&self) -> Result<Hello, LinkError> {
+        let url = self.url("/hello");
+        let response = self.client.get(&url).await?;
+        self.decode(&url, &response.body)
+    }
+
+    async fn changes(&self, after: i64, limit: usize) -> Result<Changes, LinkError> {
+        let url = self.url(&format!("/changes?after={after}&limit={limit}"));
+        let response = self.client.get(&url).await?;
+        self.decode(&url, &response.body)
+    }
+
+    async fn push(&self, push: &PushRequest) -> Result<PushResponse, LinkError> {
+        let url = self.url("/push");
+        // A lost answer is safe to ask again: the parent skips what it acknowledged.
+        let response = match self.client.post_json(&url, push).await {
+            Err(e) if e.is_retryable() => self.client.post_json(&url, push).await?,
+            other => other?,
+        };
+        self.decode(&url, &response.body)
+    }
+
+    async fn find_patients(&self, query: &str, limit: usize) -> Result<Vec<Candidate>, LinkError> {
+        let q: String = url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
+        let url = self.url(&format!("/patients?q={q}&limit={limit}"));
+        let response = self.client.get(&url).await?;
+        #[derive(serde::Deserialize)]
+        struct Found {
+            candidates: Vec<Candidate>,
+        }
+        Ok(self.decode::<Found>(&url, &response.body)?.candidates)
+    }
+
+    async fn fetch_patient(&self, uuid: &str) -> Result<Record, LinkError> {
+        let url = self.url(&format!("/patients/{uuid}/fetch"));
+        let response = self.client.post_json(&url, &serde_json::json!({})).await?;
+        self.decode(&url, &response.body)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error("parent: {0}")]
+    Link(#[from] LinkError),
+    #[error("this database: {0}")]
+    Database(#[from] DbError),
+    #[error("applying: {0}")]
+    Apply(#[from] feedsync_shared::apply::ApplyError),
+}
+
+impl ChildError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ChildError::Link(e) => e.retryable,
+            ChildError::Database(e) => e.is_retryable(),
+            ChildError::Apply(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct RoundReport {
+    /// Own events sequenced this round.
+    pub sequenced: usize,
+    /// Entities pushed, and how many of them the parent holds until they can apply.
+    pub pushed: usize,
+    pub held_at_parent: usize,
+    /// Own changes not pushed because the registration does not allow their category.
+    pub not_allowed: usize,
+    /// Entities received from the parent, applied, and held here until they can apply.
+    pub pulled: usize,
+    pub held_here: usize,
+    pub unheld: usize,
+    /// Conflict records written here this round.
+    pub conflicts: usize,
+}
+
+impl RoundReport {
+    /// Whether the round moved anything (a `--once` run stops after a round that did not).
+    pub fn moved(&self) -> bool {
+        self.sequenced + self.pushed + self.pulled + self.unheld > 0
+    }
+}
+
+pub struct ChildNode<L: ParentLink> {
+    pub database: Database,
+    pub model: Model,
+    pub parent: L,
+    pub sequencer_config: feed_publisher::config::Config,
+}
+
+impl<L: ParentLink> ChildNode<L> {
+    pub fn new(database: Database, model: Model, parent: L) -> ChildNode<L> {
+        ChildNode { database, model, parent, sequencer_config: feed_publisher::config::Config::default() }
+    }
+
+    /// Prepares this database (capture tables and triggers; the first time, a snapshot of
+    /// existing rows, which the first push offers to the parent).
+    pub async fn prepare(&self) -> Result<(), ChildError> {
+        let mut session = self.database.session().await?;
+        capture::install(&mut session, &self.model).await?;
+        Ok(())
+    }
+
+    /// One round: sequence, push everything pending, pull everything pending, retry held.
+    pub async fn round(&self) -> Result<RoundReport, ChildError> {
+        let hello = self.parent.hello().await?;
+        let mut session = self.database.session().await?;
+        let mut report = RoundReport {
+            sequenced: feed_publisher::sequencer::drain(&mut session, &self.model, &self.sequencer_config, MESSAGES_PER_ROUND_MAX).await?,
+            ..RoundReport::default()
+        };
+        for _ in 0..MESSAGES_PER_ROUND_MAX {
+            if !self.push_once(&mut session, &hello, &mut report).await? {
+                break;
+            }
+        }
+        for _ in 0..MESSAGES_PER_ROUND_MAX {
+            if !self.pull_once(&mut session, &hello, &mut report).await? {
+                break;
+            }
+        }
+        report.unheld += self.retry_held(&mut session, &hello).await?;
+        Ok(report)
+    }
+
+    /// Rounds until one moves nothing (`--once`).
+    pub async fn sync_until_idle(&self, rounds_max: usize) -> Result<RoundReport, ChildError> {
+        let mut total = RoundReport::default();
+        for _ in 0..rounds_max {
+            let r = self.round().await?;
+            let moved = r.moved();
+            total.sequenced += r.sequenced;
+            total.pushed += r.pushed;
+            total.held_at_parent += r.held_at_parent;
+            total.not_allowed += r.not_allowed;
+            total.pulled += r.pulled;
+            total.held_here = r.held_here;
+            total.unheld += r.unheld;
+            total.conflicts += r.conflicts;
+            if !moved {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    fn receiver<'a>(&'a self, hello: &'a Hello) -> Receiver<'a> {
+        Receiver { model: &self.model, from: Side::Parent, peer: PEER_PARENT, policy: &hello.policy }
+    }
+
+    /// Pushes the next batch of own events; false when there was nothing to push.
+    async fn push_once(&self, session: &mut Session, hello: &Hello, report: &mut RoundReport) -> Result<bool, ChildError> {
+        let through = state_i64(session, PUSH_THROUGH).await?;
+        let events = session
+            .query(
+                &format!(
+                    "SELECT event_seq, table_name, entity_key, category, origin FROM {} WHERE event_seq > ? ORDER BY event_seq LIMIT {ITEMS_PER_MESSAGE_MAX}",
+                    capture::EVENT_TABLE
+                ),
+                &[Value::Int(through)],
+            )
+            .await?;
+        let Some(last) = events.last().and_then(|e| e.i64("event_seq")) else { return Ok(false) };
+        let mut cache = LookupCache::default();
+        let mut items: Vec<Item> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for event in &events {
+            // Own changes and those of this node's own children go up; what came from the
+            // parent does not go back.
+            let origin = event.text("origin");
+            if origin.as_deref().is_some_and(|o| !o.starts_with("child:")) {
+                continue;
+            }
+            let (Some(table), Some(key)) = (event.text("table_name"), event.text("entity_key")) else { continue };
+            let category = event.text("category").unwrap_or_default();
+            if !exchange::category_allowed(&hello.categories, &category) {
+                report.not_allowed += 1;
+                continue;
+            }
+            if !seen.insert((table.clone(), key.clone())) {
+                continue;
+            }
+            let seq = event.i64("event_seq").unwrap_or_default();
+            let mut item = exchange::local_item(session, &self.model, seq, &table, &key, &mut cache).await?;
+            item.base = exchange::load_base(session, &table, &key).await?;
+            items.push(item);
+        }
+        if items.is_empty() {
+            set_state_i64(session, PUSH_THROUGH, last).await?;
+            return Ok(true);
+        }
+        let reply = self.parent.push(&PushRequest { through_seq: last, items: items.clone() }).await?;
+        let sent: BTreeMap<(String, String), &Item> = items.iter().map(|i| ((i.table.clone(), i.key.clone()), i)).collect();
+        let receiver = self.receiver(hello);
+        self.in_transaction(session, async |session: &mut Session| {
+            for result in &reply.results {
+                let Some(item) = sent.get(&(result.table.clone(), result.key.clone())) else { continue };
+                report.pushed += 1;
+                if result.status == PushStatus::Held {
+                    report.held_at_parent += 1;
+                    tracing::warn!(table = %result.table, key = %result.key, reason = result.reason.as_deref().unwrap_or(""), "the parent holds this change until it can apply");
+                    continue;
+                }
+                // The parent's version merged with anything changed here since the push was
+                // built: what was sent is what both sides now agree on.
+                let incoming = Item { resource: result.result.clone(), base: None, ..(*item).clone() };
+                let base = Base { columns: item.resource.as_ref().map(|r| r.columns.clone()) };
+                self.receive_one(session, &receiver, &incoming, Some(&base), report, &mut cache).await?;
+            }
+            set_state_i64(session, PUSH_THROUGH, reply.acked_through.max(last)).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// Pulls and applies the next page of the parent's changes; false when there was none.
+    async fn pull_once(&self, session: &mut Session, hello: &Hello, report: &mut RoundReport) -> Result<bool, ChildError> {
+        let after = state_i64(session, PULL_AFTER).await?;
+        let page = self.parent.changes(after, ITEMS_PER_MESSAGE_MAX).await?;
+        if page.through <= after {
+            return Ok(false);
+        }
+        let receiver = self.receiver(hello);
+        let mut cache = LookupCache::default();
+        self.in_transaction(session, async |session: &mut Session| {
+            self.receive_all(session, &receiver, &page.items, report, &mut cache).await?;
+            set_state_i64(session, PULL_AFTER, page.through).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(page.more || !page.items.is_empty())
+    }
+
+    /// Applies items from the parent in order; those waiting for rows later in the same
+    /// message get more passes; the rest are held with their reason.
+    async fn receive_all(&self, session: &mut Session, receiver: &Receiver<'_>, items: &[Item], report: &mut RoundReport, cache: &mut LookupCache) -> Result<(), ChildError> {
+        let mut pending: Vec<&Item> = items.iter().collect();
+        let mut reasons: BTreeMap<usize, String> = BTreeMap::new();
+        for pass in 0..exchange::PASSES_MAX {
+            let mut still = Vec::new();
+            reasons.clear();
+            for item in &pending {
+                if pass == 0 {
+                    exchange::supersede_held(session, PEER_PARENT, &item.table, &item.key).await?;
+                }
+                let base = exchange::load_base(session, &item.table, &item.key).await?;
+                match self.receive_one(session, receiver, item, base.as_ref(), report, cache).await? {
+                    None => {}
+                    Some(reason) => {
+                        reasons.insert(still.len(), reason);
+                        still.push(*item);
+                    }
+                }
+            }
+            let progressed = still.len() < pending.len();
+            pending = still;
+            if pending.is_empty() || !progressed {
+                break;
+            }
+        }
+        for (i, item) in pending.iter().enumerate() {
+            let reason = reasons.get(&i).cloned().unwrap_or_default();
+            tracing::info!(table = %item.table, key = %item.key, %reason, "change from the parent held until it can apply");
+            exchange::hold(session, PEER_PARENT, item, &reason).await?;
+            report.held_here += 1;
+        }
+        Ok(())
+    }
+
+    /// Merges one version from the parent into the local row; `Some(reason)` when it cannot
+    /// apply yet. Stores the parent's version as the new base when it applied.
+    async fn receive_one(
+        &self,
+        session: &mut Session,
+        receiver: &Receiver<'_>,
+        item: &Item,
+        base: Option<&Base>,
+        report: &mut RoundReport,
+        cache: &mut LookupCache,
+    ) -> Result<Option<String>, ChildError> {
+        match exchange::attempt(session, receiver, item, base, cache).await? {
+            Attempt::Done(exchange::Received::Done { conflict_id, .. }) => {
+                exchange::store_base(session, &item.table, &item.key, item.resource.as_ref()).await?;
+                report.pulled += 1;
+                report.conflicts += conflict_id.is_some() as usize;
+                Ok(None)
+            }
+            Attempt::Done(exchange::Received::Waiting { .. }) => unreachable!("attempt reports waiting as Attempt::Waiting"),
+            Attempt::Waiting(reason) | Attempt::Refused(reason) => Ok(Some(reason)),
+        }
+    }
+
+    async fn retry_held(&self, session: &mut Session, hello: &Hello) -> Result<usize, ChildError> {
+        let receiver = self.receiver(hello);
+        let mut cache = LookupCache::default();
+        let mut applied = 0;
+        self.in_transaction(session, async |session: &mut Session| {
+            applied = exchange::retry_held(session, &receiver, PEER_PARENT, &mut cache, true).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(applied)
+    }
+
+    /// Runs `body` in one transaction with the parent's origin on every write.
+    async fn in_transaction(&self, session: &mut Session, body: impl AsyncFnOnce(&mut Session) -> Result<(), ChildError>) -> Result<(), ChildError> {
+        session.begin().await?;
+        let outcome = async {
+            capture::set_origin(session, ORIGIN_PARENT).await?;
+            body(session).await?;
+            capture::clear_origin(session).await?;
+            Ok::<(), ChildError>(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                session.commit().await?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = session.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks the parent for patients matching `query` (identifier, or name with birth date and
+    /// gender).
+    pub async fn find_patients(&self, query: &str, limit: usize) -> Result<Vec<Candidate>, ChildError> {
+        Ok(self.parent.find_patients(query, limit).await?)
+    }
+
+    /// Adds a patient to this child's catchment at the parent and applies the whole record
+    /// here; later changes then flow both ways. Returns the rows applied and held.
+    pub async fn fetch_patient(&self, uuid: &str) -> Result<(usize, usize), ChildError> {
+        let hello = self.parent.hello().await?;
+        let record = self.parent.fetch_patient(uuid).await?;
+        let mut session = self.database.session().await?;
+        let receiver = self.receiver(&hello);
+        let mut report = RoundReport::default();
+        let mut cache = LookupCache::default();
+        self.in_transaction(&mut session, async |session: &mut Session| self.receive_all(session, &receiver, &record.items, &mut report, &mut cache).await).await?;
+        Ok((report.pulled, report.held_here))
+    }
+}
+
+async fn state_i64(session: &mut Session, name: &str) -> Result<i64, DbError> {
+    Ok(capture::state(session, name).await?.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+async fn set_state_i64(session: &mut Session, name: &str, value: i64) -> Result<(), DbError> {
+    capture::set_state(session, name, &value.to_string()).await
+}
+
+/// This child's position in the exchange, for `status`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ChildStatus {
+    pub push_through: i64,
+    pub pull_after: i64,
+    pub last_event: i64,
+    pub held: Vec<exchange::HeldItem>,
+    pub open_conflicts: usize,
+}
+
+pub async fn child_status(session: &mut Session) -> Result<ChildStatus, DbError> {
+    let last_event = session
+        .query(&format!("SELECT COALESCE(MAX(event_seq), 0) AS n FROM {}", capture::EVENT_TABLE), &[])
+        .await?
+        .first()
+        .and_then(|r| r.i64("n"))
+        .unwrap_or_default();
+    Ok(ChildStatus {
+        push_through: state_i64(session, PUSH_THROUGH).await?,
+        pull_after: state_i64(session, PULL_AFTER).await?,
+        last_event,
+        held: exchange::held_items(session, Some(PEER_PARENT), 1_000).await?,
+        open_conflicts: exchange::list_conflicts(session, false, 100_000).await?.len(),
+    })
+}

@@ -1,0 +1,299 @@
+//! Parent and children: two-way sync through a real parent publisher over HTTP, catchment,
+//! finding and fetching a patient registered elsewhere, conflicts and their resolution, and
+//! bad input at the push endpoint.
+
+use std::collections::BTreeSet;
+
+use feed_publisher::network as parent_network;
+use feed_publisher::testing::{Publisher, http};
+use feed_subscriber::network::{ChildNode, HttpParent};
+use feedsync_shared::compare::{CompareOptions, Comparison, compare};
+use feedsync_shared::db::{Database, Value};
+use feedsync_shared::exchange::{self, Take};
+use feedsync_shared::model::Model;
+use feedsync_shared::profile::Profile;
+use feedsync_shared::testing::{Source, TestDatabase};
+use feedsync_shared::workload::{self, WorkloadConfig};
+
+async fn model_of(database: &Database) -> Model {
+    feed_publisher::load_model(database, &Profile::openmrs()).await.unwrap()
+}
+
+struct Network {
+    parent_db: TestDatabase,
+    publisher: Publisher,
+    children: Vec<(String, TestDatabase, ChildNode<HttpParent>, String)>,
+}
+
+impl Network {
+    async fn start(source: Source, names: &[&str]) -> Option<Network> {
+        let parent_db = TestDatabase::create(source)?;
+        let publisher = Publisher::start(&parent_db.database, |_| {}).await;
+        let mut children = Vec::new();
+        for name in names {
+            let db = TestDatabase::create(source)?;
+            let mut s = parent_db.database.session().await.unwrap();
+            let token = parent_network::add_child(&mut s, name, &[], false).await.unwrap();
+            let url = format!("http://{}", publisher.addr);
+            let node = ChildNode::new(db.database.clone(), model_of(&db.database).await, HttpParent::new(&url, &token));
+            node.prepare().await.unwrap();
+            children.push((name.to_string(), db, node, token));
+        }
+        Some(Network { parent_db, publisher, children })
+    }
+
+    fn child(&self, name: &str) -> &ChildNode<HttpParent> {
+        &self.children.iter().find(|c| c.0 == name).unwrap().2
+    }
+
+    fn db(&self, name: &str) -> &Database {
+        if name == "parent" {
+            return &self.parent_db.database;
+        }
+        &self.children.iter().find(|c| c.0 == name).unwrap().1.database
+    }
+
+    /// Rounds of every child (the parent's sequencer between them) until nothing moves.
+    async fn settle(&self) -> usize {
+        let mut conflicts = 0;
+        for _ in 0..20 {
+            let mut moved = self.publisher.publish().await > 0;
+            for (name, _, node, _) in &self.children {
+                let r = node.round().await.unwrap_or_else(|e| panic!("round of {name}: {e}"));
+                conflicts += r.conflicts;
+                moved |= r.moved();
+                self.publisher.publish().await;
+            }
+            if !moved {
+                return conflicts;
+            }
+        }
+        panic!("the network did not settle in 20 rounds");
+    }
+}
+
+async fn compare_dbs(a: &Database, b: &Database) -> Comparison {
+    let (ma, mb) = (model_of(a).await, model_of(b).await);
+    let mut sa = a.session().await.unwrap();
+    let mut sb = b.session().await.unwrap();
+    compare(&mut sa, &ma, &mut sb, &mb, &CompareOptions::default()).await.unwrap()
+}
+
+/// Every row of `child` is at the parent with equal values.
+fn assert_parent_holds(c: &Comparison, child: &str) {
+    for t in &c.tables {
+        assert!(t.only_in_a == 0 && t.differing == 0, "{child} → parent, table {}: {} rows only at the child, {} differing: {:?}", t.table, t.only_in_a, t.differing, t.examples);
+    }
+}
+
+async fn patient_uuids(db: &Database) -> BTreeSet<String> {
+    let mut s = db.session().await.unwrap();
+    s.query("SELECT pe.uuid AS uuid FROM person pe JOIN patient pt ON pt.patient_id = pe.person_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.text("uuid"))
+        .collect()
+}
+
+async fn one_text(db: &Database, sql: &str, params: &[Value]) -> Option<String> {
+    let mut s = db.session().await.unwrap();
+    s.query(sql, params).await.unwrap().first().and_then(|r| r.values.first().and_then(|v| v.to_text()))
+}
+
+async fn exec(db: &Database, sql: &str, params: &[Value]) {
+    db.session().await.unwrap().execute(sql, params).await.unwrap();
+}
+
+async fn run_workload(db: &Database, seed: u64, patients: usize) {
+    let mut s = db.session().await.unwrap();
+    workload::run(&mut s, &WorkloadConfig { seed, patients, visits_per_patient: 1, obs_per_encounter: 3, ..WorkloadConfig::default() }).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parent_and_three_children_on_sqlite() {
+    let Some(net) = Network::start(Source::Sqlite25, &["north", "south", "east"]).await else { return };
+    let base_patients = patient_uuids(net.db("parent")).await;
+    // Metadata is created centrally (the clinic's encounter type, concepts...) and reaches
+    // every child; the parent's own patient reaches none.
+    run_workload(net.db("parent"), 7, 1).await;
+    let parent_patient: BTreeSet<String> = patient_uuids(net.db("parent")).await.difference(&base_patients).cloned().collect();
+    net.settle().await;
+    assert_eq!(
+        one_text(net.db("east"), "SELECT COUNT(*) FROM encounter_type WHERE name = 'Consultation'", &[]).await.as_deref(),
+        Some("1"),
+        "metadata reaches every child"
+    );
+    for child in ["north", "south", "east"] {
+        assert!(patient_uuids(net.db(child)).await.is_disjoint(&parent_patient), "{child} holds the parent's own patient");
+    }
+    let base_patients = patient_uuids(net.db("parent")).await;
+
+    // Each facility registers its own patients; the parent ends up with all of them and each
+    // facility with its own only.
+    run_workload(net.db("north"), 101, 3).await;
+    run_workload(net.db("south"), 202, 2).await;
+    net.settle().await;
+    let north_patients: BTreeSet<String> = patient_uuids(net.db("north")).await.difference(&base_patients).cloned().collect();
+    let south_patients: BTreeSet<String> = patient_uuids(net.db("south")).await.difference(&base_patients).cloned().collect();
+    assert_eq!(north_patients.len(), 3);
+    assert_eq!(south_patients.len(), 2);
+    {
+        let mut s = net.db("parent").session().await.unwrap();
+        let held = exchange::held_items(&mut s, None, 100).await.unwrap();
+        assert!(held.is_empty(), "held at the parent: {:#?}", held.iter().map(|h| (&h.peer, &h.item.table, &h.reason)).collect::<Vec<_>>());
+    }
+    assert_parent_holds(&compare_dbs(net.db("north"), net.db("parent")).await, "north");
+    assert_parent_holds(&compare_dbs(net.db("south"), net.db("parent")).await, "south");
+    let at_parent = patient_uuids(net.db("parent")).await;
+    assert!(north_patients.is_subset(&at_parent) && south_patients.is_subset(&at_parent));
+    assert!(patient_uuids(net.db("north")).await.is_disjoint(&south_patients), "north holds none of south's patients");
+    assert!(patient_uuids(net.db("east")).await.difference(&base_patients).next().is_none(), "east holds no patient");
+    // Metadata reached every child: south's clinicians (users and their persons) are at east.
+    let south_users = one_text(net.db("south"), "SELECT COUNT(*) FROM users", &[]).await;
+    let east_users = one_text(net.db("east"), "SELECT COUNT(*) FROM users", &[]).await;
+    let north_users = one_text(net.db("north"), "SELECT COUNT(*) FROM users", &[]).await;
+    assert_eq!(south_users, east_users);
+    assert_eq!(north_users, east_users);
+
+    // A north patient turns up at south: found by identifier and by a misspelled name, fetched.
+    let patient = north_patients.iter().next().unwrap().clone();
+    let identifier = one_text(
+        net.db("north"),
+        "SELECT pi.identifier FROM patient_identifier pi JOIN person pe ON pe.person_id = pi.patient_id WHERE pe.uuid = ? AND pi.voided = 0",
+        &[patient.as_str().into()],
+    )
+    .await
+    .expect("identifier");
+    let south = net.child("south");
+    let found = south.find_patients(&identifier.to_lowercase(), 10).await.unwrap();
+    assert_eq!(found.first().map(|c| c.uuid.as_str()), Some(patient.as_str()), "found by identifier {identifier}");
+    let given = one_text(net.db("north"), "SELECT pn.given_name FROM person_name pn JOIN person pe ON pe.person_id = pn.person_id WHERE pe.uuid = ? AND pn.voided = 0", &[patient.as_str().into()]).await.unwrap();
+    let family = one_text(net.db("north"), "SELECT pn.family_name FROM person_name pn JOIN person pe ON pe.person_id = pn.person_id WHERE pe.uuid = ? AND pn.voided = 0", &[patient.as_str().into()]).await.unwrap();
+    let misspelled = format!("{given} {}", double_a_letter(&family));
+    let found = south.find_patients(&misspelled, 10).await.unwrap();
+    assert!(found.iter().any(|c| c.uuid == patient), "{misspelled:?} finds {given} {family}: {found:?}");
+    let (applied, held) = south.fetch_patient(&patient).await.unwrap();
+    assert!(applied > 3 && held == 0, "fetched {applied} rows, {held} held");
+    assert!(patient_uuids(net.db("south")).await.contains(&patient));
+    let audit = one_text(net.db("parent"), "SELECT COUNT(*) FROM feedsync_audit WHERE actor = 'south' AND action = 'patient-fetch' AND patient_uuid = ?", &[patient.as_str().into()]).await;
+    assert_eq!(audit.as_deref(), Some("1"));
+
+    // Later edits at north reach south; south's edit reaches north and the parent; east never
+    // holds any of the patient's rows.
+    let name_uuid = one_text(net.db("north"), "SELECT pn.uuid FROM person_name pn JOIN person pe ON pe.person_id = pn.person_id WHERE pe.uuid = ? AND pn.voided = 0", &[patient.as_str().into()]).await.unwrap();
+    exec(net.db("north"), "UPDATE person_name SET middle_name = 'Chikondi' WHERE uuid = ?", &[name_uuid.as_str().into()]).await;
+    net.settle().await;
+    let middle = "SELECT middle_name FROM person_name WHERE uuid = ?";
+    assert_eq!(one_text(net.db("south"), middle, &[name_uuid.as_str().into()]).await.as_deref(), Some("Chikondi"));
+    exec(net.db("south"), "UPDATE person SET birthdate_estimated = 1 WHERE uuid = ?", &[patient.as_str().into()]).await;
+    net.settle().await;
+    let estimated = "SELECT birthdate_estimated FROM person WHERE uuid = ?";
+    for site in ["north", "parent"] {
+        assert_eq!(one_text(net.db(site), estimated, &[patient.as_str().into()]).await.as_deref(), Some("1"), "{site}");
+    }
+    assert!(!patient_uuids(net.db("east")).await.contains(&patient));
+    let east_rows = one_text(net.db("east"), "SELECT COUNT(*) FROM person WHERE uuid = ?", &[patient.as_str().into()]).await;
+    assert_eq!(east_rows.as_deref(), Some("0"));
+
+    // Both facilities edit the same name between rounds: different fields both survive; the
+    // same field goes to the version that reached the parent first, and the other is kept.
+    exec(net.db("north"), "UPDATE person_name SET given_name = 'Mphatso', family_name2 = 'wa' WHERE uuid = ?", &[name_uuid.as_str().into()]).await;
+    exec(net.db("south"), "UPDATE person_name SET given_name = 'Mphatsso', degree = 'BSc' WHERE uuid = ?", &[name_uuid.as_str().into()]).await;
+    // North syncs first, so its value reached the parent first.
+    net.publisher.publish().await;
+    net.child("north").round().await.unwrap();
+    net.settle().await;
+    for site in ["north", "south", "parent"] {
+        let row = "SELECT given_name || '|' || COALESCE(family_name2, '') || '|' || COALESCE(degree, '') FROM person_name WHERE uuid = ?";
+        assert_eq!(one_text(net.db(site), row, &[name_uuid.as_str().into()]).await.as_deref(), Some("Mphatso|wa|BSc"), "{site}");
+    }
+    let mut s = net.db("parent").session().await.unwrap();
+    let conflicts = exchange::list_conflicts(&mut s, false, 100).await.unwrap();
+    let conflict = conflicts.iter().find(|c| c.key == name_uuid).expect("a conflict record at the parent");
+    assert_eq!(conflict.fields, vec!["given_name".to_string()]);
+    assert_eq!(conflict.child_version.as_ref().unwrap()["given_name"], serde_json::json!("Mphatsso"), "the losing value is kept");
+    assert_eq!(conflict.peer, "south");
+
+    // Resolving at the parent by taking the child's value syncs everywhere.
+    let model = model_of(net.db("parent")).await;
+    exchange::resolve_conflict(&mut s, &model, conflict.id, &Take::Theirs).await.unwrap();
+    drop(s);
+    net.settle().await;
+    for site in ["north", "south", "parent"] {
+        assert_eq!(one_text(net.db(site), "SELECT given_name FROM person_name WHERE uuid = ?", &[name_uuid.as_str().into()]).await.as_deref(), Some("Mphatsso"), "{site}");
+    }
+    let mut s = net.db("parent").session().await.unwrap();
+    assert!(exchange::list_conflicts(&mut s, false, 100).await.unwrap().iter().all(|c| c.id != conflict.id), "resolved");
+}
+
+fn double_a_letter(name: &str) -> String {
+    // "Banda" → "Bannda": a typical slip a tolerant search must forgive.
+    let chars: Vec<char> = name.chars().collect();
+    let i = chars.len() / 2;
+    chars[..=i].iter().chain(std::iter::once(&chars[i])).chain(&chars[i + 1..]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_endpoint_refuses_bad_input_and_applies_nothing() {
+    let Some(net) = Network::start(Source::Sqlite25, &["kigali"]).await else { return };
+    let addr = net.publisher.addr;
+    let token = net.children[0].3.clone();
+    let auth = format!("Bearer {token}");
+    let events_before = one_text(net.db("parent"), "SELECT COUNT(*) FROM feedsync_journal", &[]).await;
+
+    // No token, unknown child, wrong token, another scheme: 401 and nothing else.
+    for header in [None, Some("Bearer ghost.0000".to_owned()), Some(format!("Bearer kigali.{}", "0".repeat(64))), Some("Basic a2lnYWxpOng=".to_owned())] {
+        let headers: Vec<(&str, &str)> = header.iter().map(|h| ("authorization", h.as_str())).collect();
+        let reply = http(addr, "GET", "/ws/feedsync/network/hello", &headers, None).await;
+        assert_eq!(reply.status, 401, "{header:?}: {}", reply.text());
+        assert!(reply.text().contains("hint"), "{}", reply.text());
+    }
+    let h = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    // Malformed and oversized bodies.
+    let reply = http(addr, "POST", "/ws/feedsync/network/push", &h, Some(b"{not json")).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let big = vec![b' '; exchange::PUSH_BODY_BYTES_MAX + 10];
+    let reply = http(addr, "POST", "/ws/feedsync/network/push", &h, Some(&big)).await;
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    // An unknown table, and a category the child may not write: the whole push is refused.
+    let location = "{\"seq\":1,\"table\":\"location\",\"key\":\"00000000-0000-4000-8000-0000000000aa\",\"category\":\"location\",\
+        \"resource\":{\"table\":\"location\",\"category\":\"location\",\"key\":\"00000000-0000-4000-8000-0000000000aa\",\"hash\":\"x\",\
+        \"columns\":{\"name\":\"New outpost\",\"retired\":0,\"date_created\":\"2024-01-01 00:00:00\",\"creator\":{\"ref\":{\"table\":\"users\",\"key\":\"A4F30A1B-5EB9-11DF-A648-37A07F9C90FB\"}},\"uuid\":\"00000000-0000-4000-8000-0000000000aa\"}}}";
+    let unknown = "{\"through_seq\":2,\"items\":[{\"seq\":2,\"table\":\"no_such_table\",\"key\":\"k\",\"category\":\"x\"}]}";
+    let reply = http(addr, "POST", "/ws/feedsync/network/push", &h, Some(unknown.as_bytes())).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let mut s = net.db("parent").session().await.unwrap();
+    let limited_token = format!("Bearer {}", parent_network::add_child(&mut s, "limited", &["obs".to_owned()], false).await.unwrap());
+    drop(s);
+    let hl = [("authorization", limited_token.as_str()), ("content-type", "application/json")];
+    let body = format!("{{\"through_seq\":1,\"items\":[{location}]}}");
+    let reply = http(addr, "POST", "/ws/feedsync/network/push", &hl, Some(body.as_bytes())).await;
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert!(reply.text().contains("may not write category"), "{}", reply.text());
+    // A revoked child's token gets 401.
+    let mut s = net.db("parent").session().await.unwrap();
+    parent_network::revoke_child(&mut s, "limited").await.unwrap();
+    drop(s);
+    let reply = http(addr, "POST", "/ws/feedsync/network/push", &hl, Some(body.as_bytes())).await;
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    // A reference to an identity the parent does not have: held with the reason, not applied.
+    let dangling = location.replace("A4F30A1B-5EB9-11DF-A648-37A07F9C90FB", "ffffffff-0000-4000-8000-000000000000");
+    let body = format!("{{\"through_seq\":1,\"items\":[{dangling}]}}");
+    let reply = http(addr, "POST", "/ws/feedsync/network/push", &h, Some(body.as_bytes())).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(answer["results"][0]["status"], "held", "{answer}");
+    assert!(answer["results"][0]["reason"].as_str().unwrap().contains("ffffffff-0000-4000-8000-000000000000"), "{answer}");
+    assert_eq!(one_text(net.db("parent"), "SELECT COUNT(*) FROM location WHERE uuid = '00000000-0000-4000-8000-0000000000aa'", &[]).await.as_deref(), Some("0"));
+    // Nothing above journaled a change at the parent.
+    assert_eq!(one_text(net.db("parent"), "SELECT COUNT(*) FROM feedsync_journal", &[]).await, events_before);
+    // The same push again is a harmless no-op (acknowledged already).
+    let reply = http(addr, "POST", "/ws/feedsync/network/push", &h, Some(body.as_bytes())).await;
+    assert_eq!(reply.json()["results"][0]["status"], "already", "{}", reply.text());
+    // The corrected version replaces the held one and applies.
+    let body = format!("{{\"through_seq\":2,\"items\":[{}]}}", location.replace("\"seq\":1", "\"seq\":2"));
+    let reply = http(addr, "POST", "/ws/feedsync/network/push", &h, Some(body.as_bytes())).await;
+    assert_eq!(reply.json()["results"][0]["status"], "applied", "{}", reply.text());
+    assert_eq!(one_text(net.db("parent"), "SELECT name FROM location WHERE uuid = '00000000-0000-4000-8000-0000000000aa'", &[]).await.as_deref(), Some("New outpost"));
+}
