@@ -21,7 +21,7 @@ use feedsync_shared::capture::{self, EVENT_TABLE};
 use feedsync_shared::db::{Dialect, Session, Value, quote_ident};
 use feedsync_shared::exchange::{
     self, Attempt, CATCHMENT_TABLE, CHILD_TABLE, Changes, Hello, ITEMS_PER_MESSAGE_MAX, PUSH_BODY_BYTES_MAX, PushRequest, PushResponse,
-    PushResult, PushStatus, Receiver, Record,
+    PolicyConfig, PushResult, PushStatus, Receiver, Record,
 };
 use feedsync_shared::merge::Side;
 use feedsync_shared::model::{Model, RowSource};
@@ -101,6 +101,13 @@ pub async fn list_children(session: &mut Session) -> Result<Vec<Child>, AdminErr
     Ok(rows.iter().map(child_from_row).collect())
 }
 
+/// A registered child by name (revoked or not), with its stored token hash.
+pub async fn child_by_name(session: &mut Session, name: &str) -> Result<Option<(Child, String)>, AdminError> {
+    prepare(session).await?;
+    let rows = session.query(&format!("SELECT *, 0 AS catchment_patients, 0 AS held_items FROM {CHILD_TABLE} WHERE name = ?"), &[name.into()]).await?;
+    Ok(rows.first().map(|r| (child_from_row(r), r.text("token_hash").unwrap_or_default())))
+}
+
 fn child_from_row(r: &feedsync_shared::db::Row) -> Child {
     Child {
         name: r.text("name").unwrap_or_default(),
@@ -116,7 +123,7 @@ fn child_from_row(r: &feedsync_shared::db::Row) -> Child {
 }
 
 /// Creates the network tables if this database predates them (they come with `install`).
-async fn prepare(session: &mut Session) -> Result<(), feedsync_shared::db::DbError> {
+pub async fn prepare(session: &mut Session) -> Result<(), feedsync_shared::db::DbError> {
     for ddl in exchange::network_ddl(session.dialect()) {
         session.execute_script(&ddl).await?;
     }
@@ -183,7 +190,7 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> 
             let push: PushRequest = serde_json::from_slice(&body).map_err(|e| {
                 HttpError::new(StatusCode::BAD_REQUEST, format!("push body is not a valid push: {e}"), "send {\"through_seq\": N, \"items\": [...]} as feed-subscriber does")
             })?;
-            json(&push_items(&mut session, app, &child, push).await?)
+            json(&push_items(&mut session, &app.model, &app.config.network, &child, push).await?)
         }
         (Method::GET, "/patients") => {
             let text = query.get("q").map(String::as_str).unwrap_or_default();
@@ -334,8 +341,7 @@ async fn visible_patients(session: &mut Session, child: &str, persons: &BTreeSet
 /// Merges and applies a child's push in one transaction; returns the parent's version of
 /// every item. Refuses the whole push (nothing applied) when an item names a table or
 /// category the child may not write.
-pub async fn push_items(session: &mut Session, app: &App, child: &Child, push: PushRequest) -> Result<PushResponse, HttpError> {
-    let model = &app.model;
+pub async fn push_items(session: &mut Session, model: &Model, policy: &PolicyConfig, child: &Child, push: PushRequest) -> Result<PushResponse, HttpError> {
     if push.items.len() > ITEMS_PER_MESSAGE_MAX {
         return Err(HttpError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -359,7 +365,7 @@ pub async fn push_items(session: &mut Session, app: &App, child: &Child, push: P
         }
     }
     let origin = exchange::child_origin(&child.name);
-    let receiver = Receiver { model, from: Side::Child, peer: &child.name, policy: &app.config.network };
+    let receiver = Receiver { model, from: Side::Child, peer: &child.name, policy };
     let mut cache = LookupCache::default();
     let dialect = session.dialect();
     if dialect == Dialect::MySql {

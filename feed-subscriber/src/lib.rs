@@ -11,3 +11,4 @@ pub mod state;
 pub mod openmrs_notify;
 pub mod sink;
 pub mod sinks;
+pub mod testing;

@@ -242,12 +242,26 @@ impl<L: ParentLink> ChildNode<L> {
         Ok(total)
     }
 
-    fn receiver<'a>(&'a self, hello: &'a Hello) -> Receiver<'a> {
+    pub fn receiver<'a>(&'a self, hello: &'a Hello) -> Receiver<'a> {
         Receiver { model: &self.model, from: Side::Parent, peer: PEER_PARENT, policy: &hello.policy }
     }
 
     /// Pushes the next batch of own events; false when there was nothing to push.
     async fn push_once(&self, session: &mut Session, hello: &Hello, report: &mut RoundReport) -> Result<bool, ChildError> {
+        let Some(push) = self.build_push(session, hello, report).await? else { return Ok(false) };
+        if push.items.is_empty() {
+            set_state_i64(session, PUSH_THROUGH, push.through_seq).await?;
+            return Ok(true);
+        }
+        let reply = self.parent.push(&push).await?;
+        self.apply_push_reply(session, hello, &push, &reply, report).await?;
+        Ok(true)
+    }
+
+    /// The next push: own events after the last one the parent acknowledged, each entity
+    /// once with its current state and base. `None` when there is no event to push; a push
+    /// with no items when every event was left out (it still moves the position).
+    pub async fn build_push(&self, session: &mut Session, hello: &Hello, report: &mut RoundReport) -> Result<Option<PushRequest>, ChildError> {
         let through = state_i64(session, PUSH_THROUGH).await?;
         let events = session
             .query(
@@ -258,7 +272,7 @@ impl<L: ParentLink> ChildNode<L> {
                 &[Value::Int(through)],
             )
             .await?;
-        let Some(last) = events.last().and_then(|e| e.i64("event_seq")) else { return Ok(false) };
+        let Some(last) = events.last().and_then(|e| e.i64("event_seq")) else { return Ok(None) };
         let mut cache = LookupCache::default();
         let mut items: Vec<Item> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -283,13 +297,20 @@ impl<L: ParentLink> ChildNode<L> {
             item.base = exchange::load_base(session, &table, &key).await?;
             items.push(item);
         }
-        if items.is_empty() {
-            set_state_i64(session, PUSH_THROUGH, last).await?;
-            return Ok(true);
+        Ok(Some(PushRequest { through_seq: last, items }))
+    }
+
+    /// Applies the parent's answer to a push, in one transaction: each entity's version at
+    /// the parent merged with anything changed here since the push was built, the new bases,
+    /// and the acknowledged position. An answer to a push older than the position (a
+    /// duplicate, or a USB reply overtaken by online sync) changes nothing.
+    pub async fn apply_push_reply(&self, session: &mut Session, hello: &Hello, push: &PushRequest, reply: &PushResponse, report: &mut RoundReport) -> Result<bool, ChildError> {
+        if push.through_seq <= state_i64(session, PUSH_THROUGH).await? {
+            return Ok(false);
         }
-        let reply = self.parent.push(&PushRequest { through_seq: last, items: items.clone() }).await?;
-        let sent: BTreeMap<(String, String), &Item> = items.iter().map(|i| ((i.table.clone(), i.key.clone()), i)).collect();
+        let sent: BTreeMap<(String, String), &Item> = push.items.iter().map(|i| ((i.table.clone(), i.key.clone()), i)).collect();
         let receiver = self.receiver(hello);
+        let mut cache = LookupCache::default();
         self.in_transaction(session, async |session: &mut Session| {
             for result in &reply.results {
                 let Some(item) = sent.get(&(result.table.clone(), result.key.clone())) else { continue };
@@ -299,13 +320,15 @@ impl<L: ParentLink> ChildNode<L> {
                     tracing::warn!(table = %result.table, key = %result.key, reason = result.reason.as_deref().unwrap_or(""), "the parent holds this change until it can apply");
                     continue;
                 }
-                // The parent's version merged with anything changed here since the push was
-                // built: what was sent is what both sides now agree on.
+                // What was sent is what both sides now agree on, so it is the base.
                 let incoming = Item { resource: result.result.clone(), base: None, ..(*item).clone() };
                 let base = Base { columns: item.resource.as_ref().map(|r| r.columns.clone()) };
-                self.receive_one(session, &receiver, &incoming, Some(&base), report, &mut cache).await?;
+                if let Some(reason) = self.receive_one(session, &receiver, &incoming, Some(&base), report, &mut cache).await? {
+                    exchange::hold(session, PEER_PARENT, &incoming, &reason).await?;
+                    report.held_here += 1;
+                }
             }
-            set_state_i64(session, PUSH_THROUGH, reply.acked_through.max(last)).await?;
+            set_state_i64(session, PUSH_THROUGH, reply.acked_through.max(push.through_seq)).await?;
             Ok(())
         })
         .await?;
@@ -314,20 +337,44 @@ impl<L: ParentLink> ChildNode<L> {
 
     /// Pulls and applies the next page of the parent's changes; false when there was none.
     async fn pull_once(&self, session: &mut Session, hello: &Hello, report: &mut RoundReport) -> Result<bool, ChildError> {
-        let after = state_i64(session, PULL_AFTER).await?;
+        let after = self.pull_position(session).await?;
         let page = self.parent.changes(after, ITEMS_PER_MESSAGE_MAX).await?;
         if page.through <= after {
             return Ok(false);
         }
+        self.apply_changes(session, hello, after, &page, report).await?;
+        Ok(page.more || !page.items.is_empty())
+    }
+
+    /// The last parent event this child has applied.
+    pub async fn pull_position(&self, session: &mut Session) -> Result<i64, ChildError> {
+        Ok(state_i64(session, PULL_AFTER).await?)
+    }
+
+    /// The last own event the parent acknowledged.
+    pub async fn push_position(&self, session: &mut Session) -> Result<i64, ChildError> {
+        Ok(state_i64(session, PUSH_THROUGH).await?)
+    }
+
+    /// Applies a page of the parent's changes that starts after `after`, with the new marker,
+    /// in one transaction. A page that does not continue exactly where this child is (a
+    /// duplicate, or a USB reply overtaken by online sync) changes nothing: applying older
+    /// versions over newer ones would go back in time. Returns whether it applied.
+    pub async fn apply_changes(&self, session: &mut Session, hello: &Hello, after: i64, page: &Changes, report: &mut RoundReport) -> Result<bool, ChildError> {
         let receiver = self.receiver(hello);
         let mut cache = LookupCache::default();
+        let mut applied = false;
         self.in_transaction(session, async |session: &mut Session| {
+            if state_i64(session, PULL_AFTER).await? != after || page.through <= after {
+                return Ok(());
+            }
             self.receive_all(session, &receiver, &page.items, report, &mut cache).await?;
             set_state_i64(session, PULL_AFTER, page.through).await?;
+            applied = true;
             Ok(())
         })
         .await?;
-        Ok(page.more || !page.items.is_empty())
+        Ok(applied)
     }
 
     /// Applies items from the parent in order; those waiting for rows later in the same
