@@ -8,7 +8,7 @@
 //! its catchment: registered or written there (added when the child pushes the patient's
 //! rows), fetched there, or every patient for a child registered with `--all-patients`.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -264,45 +264,70 @@ async fn last_seq(session: &mut Session) -> Result<i64, HttpError> {
     Ok(rows.first().and_then(|r| r.i64("n")).unwrap_or_default())
 }
 
-/// Events scanned per change page at most (the page stops earlier when it is full).
+/// Events read per change page at most, per source (metadata, catchment).
 const EVENTS_SCANNED_MAX: i64 = 5_000;
-/// Values per `IN (...)` list.
-const IN_LIST_MAX: usize = 500;
 
 /// The child's next page of changes: events after `after`, minus the child's own, minus
 /// patients outside its catchment, each entity once with its current state.
+///
+/// Cost grows with the child's catchment, not the network: metadata events (no patient tag)
+/// and the events of each catchment patient are read through the (patient_uuid, event_seq)
+/// index, so other children's patients are never scanned. A child registered with
+/// `--all-patients` reads every event instead.
 pub async fn changes(session: &mut Session, model: &Model, child: &Child, after: i64, limit: usize) -> Result<Changes, HttpError> {
-    let events = session
-        .query(
-            &format!("SELECT event_seq, table_name, entity_key, patient_uuid, origin FROM {EVENT_TABLE} WHERE event_seq > ? ORDER BY event_seq LIMIT {EVENTS_SCANNED_MAX}"),
-            &[Value::Int(after)],
-        )
-        .await?;
+    let columns = "e.event_seq AS event_seq, e.table_name AS table_name, e.entity_key AS entity_key, e.origin AS origin";
+    // What is committed now bounds the page: the sequencer commits events in order.
+    let newest = last_seq(session).await?;
+    let sources: Vec<(String, Vec<Value>)> = if child.all_patients {
+        vec![(format!("SELECT {columns} FROM {EVENT_TABLE} e WHERE e.event_seq > ? AND e.event_seq <= ? ORDER BY e.event_seq LIMIT {EVENTS_SCANNED_MAX}"), vec![Value::Int(after), Value::Int(newest)])]
+    } else {
+        vec![
+            (
+                format!("SELECT {columns} FROM {EVENT_TABLE} e WHERE e.patient_uuid IS NULL AND e.event_seq > ? AND e.event_seq <= ? ORDER BY e.event_seq LIMIT {EVENTS_SCANNED_MAX}"),
+                vec![Value::Int(after), Value::Int(newest)],
+            ),
+            (
+                format!(
+                    "SELECT {columns} FROM {CATCHMENT_TABLE} c JOIN {EVENT_TABLE} e ON e.patient_uuid = c.patient_uuid AND e.event_seq > ? AND e.event_seq <= ? \
+                     WHERE c.child = ? ORDER BY e.event_seq LIMIT {EVENTS_SCANNED_MAX}"
+                ),
+                vec![Value::Int(after), Value::Int(newest), child.name.as_str().into()],
+            ),
+        ]
+    };
+    // A source that filled its limit may have more after its last event: the page can only
+    // cover up to the smallest such event.
+    let mut through = newest;
+    let mut events: Vec<(i64, String, String, Option<String>)> = Vec::new();
+    for (sql, params) in &sources {
+        let rows = session.query(sql, params).await?;
+        if rows.len() as i64 == EVENTS_SCANNED_MAX
+            && let Some(last) = rows.last().and_then(|r| r.i64("event_seq"))
+        {
+            through = through.min(last);
+        }
+        events.extend(rows.iter().map(|r| {
+            (r.i64("event_seq").unwrap_or_default(), r.text("table_name").unwrap_or_default(), r.text("entity_key").unwrap_or_default(), r.text("origin"))
+        }));
+    }
+    events.sort_by_key(|e| e.0);
     let own = exchange::child_origin(&child.name);
-    let patients: BTreeSet<String> = events.iter().filter_map(|e| e.text("patient_uuid")).collect();
-    let visible: HashSet<String> = if child.all_patients { patients.clone().into_iter().collect() } else { visible_patients(session, &child.name, &patients).await? };
-    let mut through = after;
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let mut wanted: Vec<(i64, String, String)> = Vec::new();
-    let mut full = false;
-    for event in &events {
-        let seq = event.i64("event_seq").unwrap_or_default();
-        through = seq;
-        if event.text("origin").as_deref() == Some(own.as_str()) {
-            continue;
-        }
-        if let Some(p) = event.text("patient_uuid")
-            && !visible.contains(&p)
-        {
-            continue;
-        }
-        let entity = (event.text("table_name").unwrap_or_default(), event.text("entity_key").unwrap_or_default());
-        if seen.insert(entity.clone()) {
-            wanted.push((seq, entity.0, entity.1));
-        }
-        if wanted.len() >= limit {
-            full = true;
+    for (seq, table, key, origin) in events {
+        if seq > through {
             break;
+        }
+        if origin.as_deref() == Some(own.as_str()) {
+            continue;
+        }
+        if seen.insert((table.clone(), key.clone())) {
+            if wanted.len() == limit {
+                // The page is full: it ends just before this event.
+                through = seq - 1;
+                break;
+            }
+            wanted.push((seq, table, key));
         }
     }
     let mut cache = LookupCache::default();
@@ -310,32 +335,7 @@ pub async fn changes(session: &mut Session, model: &Model, child: &Child, after:
     for (seq, table, key) in wanted {
         items.push(exchange::local_item(session, model, seq, &table, &key, &mut cache).await?);
     }
-    let more = full || events.len() as i64 == EVENTS_SCANNED_MAX;
-    Ok(Changes { items, through, more })
-}
-
-/// Of these person uuids, the ones this child may receive: patients in its catchment, and
-/// persons who are not patients (users' and providers' persons are metadata).
-async fn visible_patients(session: &mut Session, child: &str, persons: &BTreeSet<String>) -> Result<HashSet<String>, HttpError> {
-    let mut visible = HashSet::new();
-    let persons: Vec<&String> = persons.iter().collect();
-    for chunk in persons.chunks(IN_LIST_MAX) {
-        let marks = vec!["?"; chunk.len()].join(", ");
-        let mut params: Vec<Value> = vec![child.into()];
-        params.extend(chunk.iter().map(|p| Value::from(p.as_str())));
-        for r in session.query(&format!("SELECT patient_uuid FROM {CATCHMENT_TABLE} WHERE child = ? AND patient_uuid IN ({marks})"), &params).await? {
-            visible.extend(r.text("patient_uuid"));
-        }
-        let params: Vec<Value> = chunk.iter().map(|p| Value::from(p.as_str())).collect();
-        let patients: HashSet<String> = session
-            .query(&format!("SELECT pe.uuid AS uuid FROM person pe JOIN patient pt ON pt.patient_id = pe.person_id WHERE pe.uuid IN ({marks})"), &params)
-            .await?
-            .iter()
-            .filter_map(|r| r.text("uuid"))
-            .collect();
-        visible.extend(chunk.iter().filter(|p| !patients.contains(p.as_str())).map(|p| p.to_string()));
-    }
-    Ok(visible)
+    Ok(Changes { items, through: through.max(after), more: through < newest })
 }
 
 /// Merges and applies a child's push in one transaction; returns the parent's version of

@@ -180,11 +180,12 @@ async fn sequence_in_transaction(session: &mut Session, model: &Model, config: &
     // republish them (a hub passing data on), they are consumed without an event, so a
     // subscriber never echoes its source's data back. Changes from network peers (a parent, a
     // child) are kept: a parent passes them on, and the exchange leaves out each peer's own.
-    let publishable: Vec<JournalRow> = journal
+    let mut publishable: Vec<JournalRow> = journal
         .iter()
         .filter(|j| config.feed.publish_applied_changes || j.origin.as_deref().is_none_or(feedsync_shared::exchange::is_network_origin))
         .cloned()
         .collect();
+    untag_non_patients(session, model, &mut publishable).await?;
     let events = plan_events(&publishable, model, config, next_seq, &mut cursors, &mut || uuid::Uuid::new_v4().to_string());
 
     // One multi-row insert per chunk: a round trip per event would dominate on MySQL.
@@ -240,6 +241,31 @@ async fn sequence_in_transaction(session: &mut Session, model: &Model, config: &
         });
     }
     Ok(journal.len())
+}
+
+/// A person row is tagged with its own uuid as "patient"; only persons who are patients are.
+/// Users' and providers' persons are metadata (every child of a network receives them), so
+/// their tag is cleared here, after the writer's transaction committed its patient row if
+/// there was one. One query per batch.
+async fn untag_non_patients(session: &mut Session, model: &Model, rows: &mut [JournalRow]) -> DbResult<()> {
+    if model.entity("patient").is_none() || model.entity("person").is_none() {
+        return Ok(());
+    }
+    let tagged: std::collections::BTreeSet<String> = rows.iter().filter_map(|r| r.patient_uuid.clone()).collect();
+    let mut patients = std::collections::HashSet::new();
+    let tagged: Vec<String> = tagged.into_iter().collect();
+    for chunk in tagged.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let params: Vec<Value> = chunk.iter().map(|u| Value::from(u.as_str())).collect();
+        let sql = format!("SELECT pe.uuid AS uuid FROM person pe JOIN patient pt ON pt.patient_id = pe.person_id WHERE pe.uuid IN ({marks})");
+        patients.extend(session.query(&sql, &params).await?.iter().filter_map(|r| r.text("uuid")));
+    }
+    for row in rows.iter_mut() {
+        if row.patient_uuid.as_ref().is_some_and(|u| !patients.contains(u)) {
+            row.patient_uuid = None;
+        }
+    }
+    Ok(())
 }
 
 async fn ensure_lock_row(session: &mut Session) -> DbResult<()> {
