@@ -73,6 +73,17 @@ enum ChildCommand {
         /// every record everywhere).
         #[arg(long)]
         all_patients: bool,
+        /// Catchment rule: also every patient with an identifier, visit or encounter at this
+        /// location (uuid; repeatable).
+        #[arg(long = "location")]
+        locations: Vec<String>,
+        /// Catchment rule: also every patient with an identifier starting with this (repeatable).
+        #[arg(long = "identifier-prefix")]
+        identifier_prefixes: Vec<String>,
+        /// Catchment rule: also every patient with an address where COLUMN=VALUE (person_address
+        /// column, e.g. county_district=Gasabo; repeat for several, all must match).
+        #[arg(long = "address")]
+        address: Vec<String>,
     },
     /// Every registered child: last contact, acknowledged events, catchment size, held changes.
     List {
@@ -275,8 +286,13 @@ async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
     let database = Database::from_url(&config.database_url)?;
     let mut session = database.session().await?;
     match &command {
-        ChildCommand::Add { name, categories, all_patients, .. } => {
-            let token = network::add_child(&mut session, name, categories, *all_patients).await?;
+        ChildCommand::Add { name, categories, all_patients, locations, identifier_prefixes, address, .. } => {
+            let rules = network::CatchmentRules {
+                locations: locations.clone(),
+                identifier_prefixes: identifier_prefixes.clone(),
+                address: network::CatchmentRules::parse_address(address).map_err(|e| anyhow::anyhow!(e))?,
+            };
+            let token = network::add_child_with_rules(&mut session, name, categories, *all_patients, &rules).await?;
             eprintln!("child {name} registered; its token is shown once, keep it secret:");
             println!("{token}");
         }

@@ -15,12 +15,12 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Method, Request, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use feedsync_shared::capture::{self, EVENT_TABLE};
 use feedsync_shared::db::{Dialect, Session, Value, quote_ident};
 use feedsync_shared::exchange::{
-    self, Attempt, CATCHMENT_TABLE, CHILD_TABLE, Changes, Hello, ITEMS_PER_MESSAGE_MAX, PUSH_BODY_BYTES_MAX, PushRequest, PushResponse,
+    self, Attempt, CATCHMENT_TABLE, CHILD_TABLE, Changes, Hello, ITEMS_PER_MESSAGE_MAX, Item, PUSH_BODY_BYTES_MAX, PushRequest, PushResponse,
     PolicyConfig, PushResult, PushStatus, Receiver, Record,
 };
 use feedsync_shared::merge::Side;
@@ -30,12 +30,50 @@ use feedsync_shared::search;
 
 use crate::server::{App, HttpError, Reply};
 
+/// Patients a child receives besides those it registered, wrote or fetched; set with
+/// `feed-publisher child add` and kept in the child's registration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatchmentRules {
+    /// Location uuids: patients with an identifier, visit or encounter at one of them.
+    pub locations: Vec<String>,
+    /// Identifier prefixes (as Bahmni does): patients with an identifier starting with one.
+    pub identifier_prefixes: Vec<String>,
+    /// `person_address` column and value: patients with a non-voided address matching.
+    pub address: BTreeMap<String, String>,
+}
+
+/// The `person_address` columns a rule may name.
+pub const ADDRESS_COLUMNS: &[&str] = &[
+    "address1", "address2", "address3", "address4", "address5", "address6", "city_village", "county_district", "state_province", "country", "postal_code",
+];
+
+impl CatchmentRules {
+    pub fn is_empty(&self) -> bool {
+        self.locations.is_empty() && self.identifier_prefixes.is_empty() && self.address.is_empty()
+    }
+
+    /// Parses `--address column=value` pairs.
+    pub fn parse_address(pairs: &[String]) -> Result<BTreeMap<String, String>, String> {
+        let mut address = BTreeMap::new();
+        for pair in pairs {
+            let (column, value) = pair.split_once('=').ok_or_else(|| format!("--address {pair:?}: expected COLUMN=VALUE, e.g. county_district=Gasabo"))?;
+            if !ADDRESS_COLUMNS.contains(&column) {
+                return Err(format!("--address {column}: not a person_address column a rule can use; use one of {}", ADDRESS_COLUMNS.join(", ")));
+            }
+            address.insert(column.to_owned(), value.to_owned());
+        }
+        Ok(address)
+    }
+}
+
 /// A registered child as the parent knows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Child {
     pub name: String,
     pub categories: Vec<String>,
     pub all_patients: bool,
+    pub rules: CatchmentRules,
     pub created_at: String,
     pub revoked_at: Option<String>,
     pub acked_seq: i64,
@@ -58,6 +96,11 @@ pub enum AdminError {
 
 /// Registers a child and returns its token (shown once; only its hash is kept).
 pub async fn add_child(session: &mut Session, name: &str, categories: &[String], all_patients: bool) -> Result<String, AdminError> {
+    add_child_with_rules(session, name, categories, all_patients, &CatchmentRules::default()).await
+}
+
+/// Registers a child whose catchment also holds the patients `rules` match.
+pub async fn add_child_with_rules(session: &mut Session, name: &str, categories: &[String], all_patients: bool, rules: &CatchmentRules) -> Result<String, AdminError> {
     if !exchange::valid_child_name(name) {
         return Err(AdminError::BadName(name.into()));
     }
@@ -69,8 +112,14 @@ pub async fn add_child(session: &mut Session, name: &str, categories: &[String],
     let categories = if categories.is_empty() { "*".to_owned() } else { categories.join(",") };
     session
         .execute(
-            &format!("INSERT INTO {CHILD_TABLE} (name, token_hash, categories, all_patients) VALUES (?, ?, ?, ?)"),
-            &[name.into(), exchange::token_hash(&token).into(), categories.into(), Value::Int(all_patients as i64)],
+            &format!("INSERT INTO {CHILD_TABLE} (name, token_hash, categories, all_patients, rules) VALUES (?, ?, ?, ?, ?)"),
+            &[
+                name.into(),
+                exchange::token_hash(&token).into(),
+                categories.into(),
+                Value::Int(all_patients as i64),
+                serde_json::to_string(rules).expect("rules serialize").into(),
+            ],
         )
         .await?;
     Ok(token)
@@ -113,6 +162,7 @@ fn child_from_row(r: &feedsync_shared::db::Row) -> Child {
         name: r.text("name").unwrap_or_default(),
         categories: r.text("categories").unwrap_or_default().split(',').map(str::to_owned).collect(),
         all_patients: r.i64("all_patients").unwrap_or_default() != 0,
+        rules: r.text("rules").and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
         created_at: r.text("created_at").unwrap_or_default(),
         revoked_at: r.text("revoked_at"),
         acked_seq: r.i64("acked_seq").unwrap_or_default(),
@@ -332,10 +382,146 @@ pub async fn changes(session: &mut Session, model: &Model, child: &Child, after:
     }
     let mut cache = LookupCache::default();
     let mut items = Vec::with_capacity(wanted.len());
+    let through = through.max(after);
+    // Patients a rule added since: their whole record first, until the child confirms it
+    // applied a page carrying it (by asking for changes after that page).
+    if !child.all_patients {
+        apply_rules(session, child, newest).await?;
+        for patient in records_due(session, &child.name, after).await? {
+            let record = patient_record(session, model, &patient, &mut cache).await?;
+            items.extend(record);
+            session
+                .execute(&format!("UPDATE {CATCHMENT_TABLE} SET record_sent_through = ? WHERE child = ? AND patient_uuid = ?"), &[Value::Int(through), child.name.as_str().into(), patient.into()])
+                .await?;
+            if items.len() >= limit {
+                break;
+            }
+        }
+    }
     for (seq, table, key) in wanted {
         items.push(exchange::local_item(session, model, seq, &table, &key, &mut cache).await?);
     }
-    Ok(Changes { items, through: through.max(after), more: through < newest })
+    Ok(Changes { items, through, more: through < newest })
+}
+
+/// Records of rule-added patients still to send; those whose record went out with a page the
+/// child has since confirmed (it asks for changes after it) are done.
+async fn records_due(session: &mut Session, child: &str, after: i64) -> Result<Vec<String>, HttpError> {
+    session
+        .execute(
+            &format!("UPDATE {CATCHMENT_TABLE} SET needs_record = 0 WHERE child = ? AND needs_record = 1 AND record_sent_through IS NOT NULL AND record_sent_through <= ?"),
+            &[child.into(), Value::Int(after)],
+        )
+        .await?;
+    Ok(session
+        .query(&format!("SELECT patient_uuid FROM {CATCHMENT_TABLE} WHERE child = ? AND needs_record = 1 ORDER BY added_at, patient_uuid LIMIT 20"), &[child.into()])
+        .await?
+        .iter()
+        .filter_map(|r| r.text("patient_uuid"))
+        .collect())
+}
+
+/// Adds to the child's catchment the patients its rules match among those with events since
+/// the rules were last checked (so each event is looked at once per child with rules).
+async fn apply_rules(session: &mut Session, child: &Child, newest: i64) -> Result<(), HttpError> {
+    if child.rules.is_empty() {
+        return Ok(());
+    }
+    let checked = session
+        .query(&format!("SELECT rules_checked_seq FROM {CHILD_TABLE} WHERE name = ?"), &[child.name.as_str().into()])
+        .await?
+        .first()
+        .and_then(|r| r.i64("rules_checked_seq"))
+        .unwrap_or_default();
+    if checked >= newest {
+        return Ok(());
+    }
+    let candidates: Vec<String> = session
+        .query(
+            &format!(
+                "SELECT DISTINCT e.patient_uuid AS uuid FROM {EVENT_TABLE} e WHERE e.event_seq > ? AND e.event_seq <= ? AND e.patient_uuid IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM {CATCHMENT_TABLE} c WHERE c.child = ? AND c.patient_uuid = e.patient_uuid)"
+            ),
+            &[Value::Int(checked), Value::Int(newest), child.name.as_str().into()],
+        )
+        .await?
+        .iter()
+        .filter_map(|r| r.text("uuid"))
+        .collect();
+    for chunk in candidates.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let uuids: Vec<Value> = chunk.iter().map(|u| Value::from(u.as_str())).collect();
+        let mut matched: Vec<(String, String)> = Vec::new();
+        let person = "FROM person pe JOIN patient pt ON pt.patient_id = pe.person_id";
+        for prefix in &child.rules.identifier_prefixes {
+            let mut params = uuids.clone();
+            params.push(Value::Int(prefix.chars().count() as i64));
+            params.push(prefix.as_str().into());
+            let sql = format!(
+                "SELECT DISTINCT pe.uuid AS uuid {person} JOIN patient_identifier pi ON pi.patient_id = pt.patient_id AND pi.voided = 0 \
+                 WHERE pe.uuid IN ({marks}) AND SUBSTR(pi.identifier, 1, ?) = ?"
+            );
+            matched.extend(session.query(&sql, &params).await?.iter().filter_map(|r| Some((r.text("uuid")?, format!("rule:identifier {prefix}")))));
+        }
+        for location in &child.rules.locations {
+            for (table, column) in [("patient_identifier", "patient_id"), ("visit", "patient_id"), ("encounter", "patient_id")] {
+                let mut params = uuids.clone();
+                params.push(location.as_str().into());
+                let sql = format!(
+                    "SELECT DISTINCT pe.uuid AS uuid {person} JOIN {table} x ON x.{column} = pt.patient_id AND x.voided = 0 \
+                     JOIN location l ON l.location_id = x.location_id WHERE pe.uuid IN ({marks}) AND l.uuid = ?"
+                );
+                matched.extend(session.query(&sql, &params).await?.iter().filter_map(|r| Some((r.text("uuid")?, format!("rule:location {location}")))));
+            }
+        }
+        if !child.rules.address.is_empty() {
+            let mut params = uuids.clone();
+            let mut conditions = Vec::new();
+            for (column, value) in &child.rules.address {
+                if ADDRESS_COLUMNS.contains(&column.as_str()) {
+                    conditions.push(format!("a.{column} = ?"));
+                    params.push(value.as_str().into());
+                }
+            }
+            let sql = format!(
+                "SELECT DISTINCT pe.uuid AS uuid {person} JOIN person_address a ON a.person_id = pe.person_id AND a.voided = 0 WHERE pe.uuid IN ({marks}) AND {}",
+                conditions.join(" AND ")
+            );
+            matched.extend(session.query(&sql, &params).await?.iter().filter_map(|r| Some((r.text("uuid")?, "rule:address".to_owned()))));
+        }
+        for (uuid, reason) in matched {
+            let sql = match session.dialect() {
+                Dialect::MySql => format!("INSERT IGNORE INTO {CATCHMENT_TABLE} (child, patient_uuid, reason, needs_record) VALUES (?, ?, ?, 1)"),
+                Dialect::Sqlite => format!("INSERT OR IGNORE INTO {CATCHMENT_TABLE} (child, patient_uuid, reason, needs_record) VALUES (?, ?, ?, 1)"),
+            };
+            session.execute(&sql, &[child.name.as_str().into(), uuid.into(), reason.chars().take(32).collect::<String>().into()]).await?;
+        }
+    }
+    session.execute(&format!("UPDATE {CHILD_TABLE} SET rules_checked_seq = ? WHERE name = ?"), &[Value::Int(newest), child.name.as_str().into()]).await?;
+    Ok(())
+}
+
+/// A patient's whole record as items, parents first (in the order rows were first captured).
+async fn patient_record(session: &mut Session, model: &Model, uuid: &str, cache: &mut LookupCache) -> Result<Vec<Item>, HttpError> {
+    let rows = session
+        .query(
+            &format!(
+                "SELECT table_name, entity_key, MIN(event_seq) AS first_seq FROM {EVENT_TABLE} WHERE patient_uuid = ? \
+                 GROUP BY table_name, entity_key ORDER BY first_seq LIMIT {}",
+                exchange::RECORD_ROWS_MAX
+            ),
+            &[uuid.into()],
+        )
+        .await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (Some(table), Some(key)) = (r.text("table_name"), r.text("entity_key")) else { continue };
+        let item = exchange::local_item(session, model, 0, &table, &key, cache).await?;
+        if item.resource.is_some() {
+            items.push(item);
+        }
+    }
+    Ok(items)
 }
 
 /// Merges and applies a child's push in one transaction; returns the parent's version of
@@ -495,25 +681,7 @@ pub async fn fetch_patient(session: &mut Session, model: &Model, child: &Child, 
         return Err(HttpError::new(StatusCode::NOT_FOUND, format!("no patient with uuid {uuid:?} here"), "use the uuid a patient search returned"));
     }
     insert_catchment(session, &child.name, uuid, "fetched").await?;
-    let rows = session
-        .query(
-            &format!(
-                "SELECT table_name, entity_key, MIN(event_seq) AS first_seq FROM {EVENT_TABLE} WHERE patient_uuid = ? \
-                 GROUP BY table_name, entity_key ORDER BY first_seq LIMIT {}",
-                exchange::RECORD_ROWS_MAX
-            ),
-            &[uuid.into()],
-        )
-        .await?;
-    let mut cache = LookupCache::default();
-    let mut items = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let (Some(table), Some(key)) = (r.text("table_name"), r.text("entity_key")) else { continue };
-        let item = exchange::local_item(session, model, 0, &table, &key, &mut cache).await?;
-        if item.resource.is_some() {
-            items.push(item);
-        }
-    }
+    let items = patient_record(session, model, uuid, &mut LookupCache::default()).await?;
     exchange::audit(session, &child.name, "patient-fetch", Some(uuid), &format!("{} rows sent", items.len())).await?;
     tracing::info!(child = %child.name, patient = uuid, rows = items.len(), "patient fetched into a child's catchment");
     Ok(Record { patient_uuid: uuid.into(), items })

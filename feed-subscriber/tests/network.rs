@@ -125,6 +125,38 @@ async fn parent_and_three_children_on_sqlite() {
     }
     let mut s = net.db("parent").session().await.unwrap();
     assert!(exchange::list_conflicts(&mut s, false, 100).await.unwrap().iter().all(|c| c.id != conflict.id), "resolved");
+
+    // A child whose registration has a catchment rule (an identifier prefix, as Bahmni does)
+    // receives the matching patient's whole record, and nobody else's.
+    let rules = parent_network::CatchmentRules { identifier_prefixes: vec![identifier.clone()], ..Default::default() };
+    let token = parent_network::add_child_with_rules(&mut s, "west", &[], false, &rules).await.unwrap();
+    drop(s);
+    let west_db = feedsync_shared::testing::TestDatabase::create(Source::Sqlite25).unwrap();
+    let west = feed_subscriber::network::ChildNode::new(
+        west_db.database.clone(),
+        model_of(&west_db.database).await,
+        feed_subscriber::network::HttpParent::new(&format!("http://{}", net.publisher.addr), &token),
+    );
+    west.prepare().await.unwrap();
+    net.publisher.publish().await;
+    west.sync_until_idle(20).await.unwrap();
+    let west_patients: BTreeSet<String> = patient_uuids(&west_db.database).await.difference(&base_patients).cloned().collect();
+    assert_eq!(west_patients, BTreeSet::from([patient.clone()]), "west holds exactly the patient its rule matches");
+    for table in ["person_name", "patient_identifier", "visit", "encounter"] {
+        let sql = format!("SELECT COUNT(*) FROM {table} x JOIN person pe ON pe.person_id = x.{} WHERE pe.uuid = ?", if table == "person_name" { "person_id" } else { "patient_id" });
+        let at_west = one_text(&west_db.database, &sql, &[patient.as_str().into()]).await;
+        let at_parent = one_text(net.db("parent"), &sql, &[patient.as_str().into()]).await;
+        assert_eq!(at_west, at_parent, "{table} rows of the patient at west");
+        if table != "visit" && table != "encounter" {
+            assert_ne!(at_parent.as_deref(), Some("0"), "{table}");
+        }
+    }
+    // Later edits reach it.
+    exec(net.db("north"), "UPDATE person_name SET middle_name = 'Tendai' WHERE uuid = ?", &[name_uuid.as_str().into()]).await;
+    net.settle().await;
+    net.publisher.publish().await;
+    west.sync_until_idle(20).await.unwrap();
+    assert_eq!(one_text(&west_db.database, middle, &[name_uuid.as_str().into()]).await.as_deref(), Some("Tendai"));
 }
 
 fn double_a_letter(name: &str) -> String {

@@ -66,12 +66,13 @@ pub fn network_ddl(dialect: Dialect) -> Vec<String> {
             format!(
                 "CREATE TABLE IF NOT EXISTS {CHILD_TABLE} (name VARCHAR(64) NOT NULL PRIMARY KEY, token_hash CHAR(64) NOT NULL, \
                  categories TEXT NOT NULL, all_patients TINYINT NOT NULL DEFAULT 0, created_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), \
-                 revoked_at DATETIME(3) NULL, acked_seq BIGINT NOT NULL DEFAULT 0, last_contact DATETIME(3) NULL\
+                 revoked_at DATETIME(3) NULL, acked_seq BIGINT NOT NULL DEFAULT 0, last_contact DATETIME(3) NULL, rules_checked_seq BIGINT NOT NULL DEFAULT 0, rules TEXT NULL\
                  ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {CATCHMENT_TABLE} (child VARCHAR(64) NOT NULL, patient_uuid VARCHAR(38) NOT NULL, \
-                 reason VARCHAR(32) NOT NULL, added_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), PRIMARY KEY (child, patient_uuid)\
+                 reason VARCHAR(32) NOT NULL, added_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), needs_record TINYINT NOT NULL DEFAULT 0, \
+                 record_sent_through BIGINT NULL, PRIMARY KEY (child, patient_uuid)\
                  ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
             ),
             format!(
@@ -107,11 +108,12 @@ pub fn network_ddl(dialect: Dialect) -> Vec<String> {
             format!(
                 "CREATE TABLE IF NOT EXISTS {CHILD_TABLE} (name TEXT NOT NULL PRIMARY KEY, token_hash TEXT NOT NULL, categories TEXT NOT NULL, \
                  all_patients INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), \
-                 revoked_at TEXT NULL, acked_seq INTEGER NOT NULL DEFAULT 0, last_contact TEXT NULL)"
+                 revoked_at TEXT NULL, acked_seq INTEGER NOT NULL DEFAULT 0, last_contact TEXT NULL, rules_checked_seq INTEGER NOT NULL DEFAULT 0, rules TEXT NULL)"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {CATCHMENT_TABLE} (child TEXT NOT NULL, patient_uuid TEXT NOT NULL, reason TEXT NOT NULL, \
-                 added_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), PRIMARY KEY (child, patient_uuid))"
+                 added_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), needs_record INTEGER NOT NULL DEFAULT 0, \
+                 record_sent_through INTEGER NULL, PRIMARY KEY (child, patient_uuid))"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {BASE_TABLE} (table_name TEXT NOT NULL, entity_key TEXT NOT NULL, hash TEXT NULL, body TEXT NULL, \
