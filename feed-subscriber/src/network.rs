@@ -109,8 +109,8 @@ impl ParentLink for HttpParent {
     async fn push(&self, push: &PushRequest) -> Result<PushResponse, LinkError> {
         let url = self.url("/push");
         // A lost answer is safe to ask again: the parent skips what it acknowledged.
-        let response = match self.client.post_json(&url, push).await {
-            Err(e) if e.is_retryable() => self.client.post_json(&url, push).await?,
+        let response = match self.client.post_json_gzip(&url, push).await {
+            Err(e) if e.is_retryable() => self.client.post_json_gzip(&url, push).await?,
             other => other?,
         };
         self.decode(&url, &response.body)
@@ -263,6 +263,12 @@ impl<L: ParentLink> ChildNode<L> {
     /// with no items when every event was left out (it still moves the position).
     pub async fn build_push(&self, session: &mut Session, hello: &Hello, report: &mut RoundReport) -> Result<Option<PushRequest>, ChildError> {
         let through = state_i64(session, PUSH_THROUGH).await?;
+        self.build_push_after(session, hello, through, report).await
+    }
+
+    /// [`ChildNode::build_push`] from own event `through` on instead of the acknowledged
+    /// position: a USB export builds several pushes in a row without moving the position.
+    pub async fn build_push_after(&self, session: &mut Session, hello: &Hello, through: i64, report: &mut RoundReport) -> Result<Option<PushRequest>, ChildError> {
         let events = session
             .query(
                 &format!(
