@@ -229,3 +229,58 @@ async fn push_endpoint_refuses_bad_input_and_applies_nothing() {
     assert_eq!(reply.json()["results"][0]["status"], "applied", "{}", reply.text());
     assert_eq!(one_text(net.db("parent"), "SELECT name FROM location WHERE uuid = '00000000-0000-4000-8000-0000000000aa'", &[]).await.as_deref(), Some("New outpost"));
 }
+
+/// A district server is a child of the national server and the parent of its facilities:
+/// data flows through it both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_district_passes_data_up_and_down() {
+    use feed_publisher::testing::Publisher;
+    use feed_subscriber::network::{ChildNode, HttpParent};
+    use feedsync_shared::testing::TestDatabase;
+    // national ← district ← facility
+    let Some(national) = Network::start(Source::Sqlite25, &["district"]).await else { return };
+    let district_db = national.db("district").clone();
+    let district_publisher = Publisher::start(&district_db, |_| {}).await;
+    let mut s = district_db.session().await.unwrap();
+    let token = parent_network::add_child(&mut s, "facility", &[], false).await.unwrap();
+    drop(s);
+    let facility_db = TestDatabase::create(Source::Sqlite25).unwrap();
+    let facility = ChildNode::new(facility_db.database.clone(), model_of(&facility_db.database).await, HttpParent::new(&format!("http://{}", district_publisher.addr), &token));
+    facility.prepare().await.unwrap();
+    // Until a whole pass moves nothing: the district's rounds as a child run in
+    // `national.settle()`, the facility's against the district's publisher.
+    let settle_all = || async {
+        for _ in 0..10 {
+            national.settle().await;
+            district_publisher.publish().await;
+            let moved = facility.round().await.unwrap().moved();
+            if !moved && district_publisher.publish().await == 0 {
+                return;
+            }
+        }
+        panic!("the three levels did not settle");
+    };
+    let base = patient_uuids(national.db("parent")).await;
+    // Metadata made at the national server reaches the facility through the district.
+    run_workload(national.db("parent"), 5, 1).await;
+    settle_all().await;
+    assert_eq!(one_text(&facility_db.database, "SELECT COUNT(*) FROM encounter_type WHERE name = 'Consultation'", &[]).await.as_deref(), Some("1"));
+    let national_patients: BTreeSet<String> = patient_uuids(national.db("parent")).await.difference(&base).cloned().collect();
+    // A patient registered at the facility reaches the district and the national server.
+    run_workload(&facility_db.database, 55, 1).await;
+    settle_all().await;
+    let facility_patients: BTreeSet<String> = patient_uuids(&facility_db.database).await.difference(&base).cloned().collect();
+    assert_eq!(facility_patients.len(), 1);
+    for (site, db) in [("district", &district_db), ("national", national.db("parent"))] {
+        assert!(facility_patients.is_subset(&patient_uuids(db).await), "{site} holds the facility's patient");
+        assert_parent_holds(&compare_dbs(&facility_db.database, db).await, site);
+    }
+    // The national server's own patient went nowhere.
+    assert!(patient_uuids(&district_db).await.is_disjoint(&national_patients));
+    assert!(patient_uuids(&facility_db.database).await.is_disjoint(&national_patients));
+    // An edit at the national server to the facility's patient flows down both levels.
+    let patient = facility_patients.iter().next().unwrap();
+    exec(national.db("parent"), "UPDATE person SET birthdate_estimated = 1 WHERE uuid = ?", &[patient.as_str().into()]).await;
+    settle_all().await;
+    assert_eq!(one_text(&facility_db.database, "SELECT birthdate_estimated FROM person WHERE uuid = ?", &[patient.as_str().into()]).await.as_deref(), Some("1"));
+}
