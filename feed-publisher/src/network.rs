@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use feedsync_shared::capture::{self, EVENT_TABLE};
 use feedsync_shared::db::{Dialect, Session, Value, quote_ident};
 use feedsync_shared::exchange::{
-    self, Attempt, CATCHMENT_TABLE, CHILD_TABLE, Changes, Hello, ITEMS_PER_MESSAGE_MAX, Item, PUSH_BODY_BYTES_MAX, PushRequest, PushResponse,
+    self, Attempt, CATCHMENT_TABLE, CHILD_TABLE, COMMAND_TABLE, Changes, ChildReport, Command, CommandAction, Hello, ITEMS_PER_MESSAGE_MAX, Item, PUSH_BODY_BYTES_MAX, PushRequest, PushResponse,
     PolicyConfig, PushResult, PushStatus, Receiver, Record,
 };
 use feedsync_shared::merge::Side;
@@ -187,6 +187,68 @@ fn now_sql(dialect: Dialect) -> &'static str {
     }
 }
 
+// ---- operator commands and child reports ----
+
+/// Queues an operator's action for a child's next round; returns the command's number.
+pub async fn queue_command(session: &mut Session, child: &str, action: &CommandAction, actor: &str) -> Result<i64, AdminError> {
+    prepare(session).await?;
+    if child_by_name(session, child).await?.is_none() {
+        return Err(AdminError::Unknown(child.into()));
+    }
+    let text = serde_json::to_string(action).expect("actions serialize");
+    session.execute(&format!("INSERT INTO {COMMAND_TABLE} (child, action, actor) VALUES (?, ?, ?)"), &[child.into(), text.clone().into(), actor.into()]).await?;
+    let id = session.last_insert_id().await?;
+    exchange::audit(session, actor, "command", None, &format!("child {child}: #{id} {text}")).await?;
+    Ok(id)
+}
+
+async fn pending_commands(session: &mut Session, child: &str) -> Result<Vec<Command>, HttpError> {
+    Ok(session
+        .query(&format!("SELECT command_id, action FROM {COMMAND_TABLE} WHERE child = ? AND done_at IS NULL ORDER BY command_id LIMIT 100"), &[child.into()])
+        .await?
+        .iter()
+        .filter_map(|r| Some(Command { id: r.i64("command_id")?, action: serde_json::from_str(&r.text("action")?).ok()? }))
+        .collect())
+}
+
+/// Keeps a child's latest report and closes the commands it carried out.
+async fn store_report(session: &mut Session, child: &str, report: &ChildReport) -> Result<(), HttpError> {
+    let now = now_sql(session.dialect());
+    let text = serde_json::to_string(report).expect("reports serialize");
+    session
+        .execute(&format!("UPDATE {CHILD_TABLE} SET report = ?, reported_at = {now} WHERE name = ?"), &[text.into(), child.into()])
+        .await?;
+    for done in &report.done_commands {
+        let closed = session
+            .execute(
+                &format!("UPDATE {COMMAND_TABLE} SET done_at = {now}, ok = ?, message = ? WHERE command_id = ? AND child = ? AND done_at IS NULL"),
+                &[Value::Int(done.ok as i64), done.message.as_str().into(), Value::Int(done.id), child.into()],
+            )
+            .await?;
+        if closed == 1 {
+            exchange::audit(session, child, "command-done", None, &format!("#{} {}: {}", done.id, if done.ok { "done" } else { "failed" }, done.message)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A child's latest report, if it sent one.
+pub async fn child_report(session: &mut Session, child: &str) -> Result<Option<(ChildReport, String)>, AdminError> {
+    prepare(session).await?;
+    let rows = session.query(&format!("SELECT report, reported_at FROM {CHILD_TABLE} WHERE name = ?"), &[child.into()]).await?;
+    Ok(rows.first().and_then(|r| Some((serde_json::from_str(&r.text("report")?).ok()?, r.text("reported_at").unwrap_or_default()))))
+}
+
+/// Drops an item held here (pushed by a child) with the operator's reason, kept in the audit
+/// log. The child's later versions of the entity apply as usual.
+pub async fn skip_held(session: &mut Session, held_id: i64, reason: &str, actor: &str) -> Result<bool, AdminError> {
+    prepare(session).await?;
+    let Some(item) = exchange::held_items(session, None, 100_000).await?.into_iter().find(|h| h.id == held_id) else { return Ok(false) };
+    session.execute(&format!("DELETE FROM {} WHERE inbox_id = ?", exchange::INBOX_TABLE), &[Value::Int(held_id)]).await?;
+    exchange::audit(session, actor, "skip-held", None, &format!("held #{held_id} from {} ({} {}): {reason}", item.peer, item.item.table, item.item.key)).await?;
+    Ok(true)
+}
+
 // ---- HTTP ----
 
 fn unauthorized(message: &str) -> HttpError {
@@ -228,7 +290,8 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> 
     match (method, rest) {
         (Method::GET, "/hello") => {
             let last_seq = last_seq(&mut session).await?;
-            json(&Hello { child: child.name.clone(), categories: child.categories.clone(), policy: app.config.network.clone(), last_seq })
+            let commands = pending_commands(&mut session, &child.name).await?;
+            json(&Hello { child: child.name.clone(), categories: child.categories.clone(), policy: app.config.network.clone(), last_seq, commands })
         }
         (Method::GET, "/changes") => {
             let after = number(&query, "after", 0)?;
@@ -241,6 +304,13 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> 
                 HttpError::new(StatusCode::BAD_REQUEST, format!("push body is not a valid push: {e}"), "send {\"through_seq\": N, \"items\": [...]} as feed-subscriber does")
             })?;
             json(&push_items(&mut session, &app.model, &app.config.network, &child, push).await?)
+        }
+        (Method::POST, "/report") => {
+            let body = read_body(request, PUSH_BODY_BYTES_MAX).await?;
+            let report: ChildReport = serde_json::from_slice(&body)
+                .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("report body is not a valid child report: {e}"), "send the report feed-subscriber builds"))?;
+            store_report(&mut session, &child.name, &report).await?;
+            json(&serde_json::json!({ "stored": true }))
         }
         (Method::GET, "/patients") => {
             let text = query.get("q").map(String::as_str).unwrap_or_default();

@@ -17,10 +17,10 @@
 use std::collections::BTreeMap;
 
 use feedsync_shared::capture;
-use feedsync_shared::db::{Database, DbError, Session, Value};
+use feedsync_shared::db::{Database, DbError, Dialect, Session, Value};
 use feedsync_shared::exchange::{
-    self, Attempt, Base, Changes, Hello, ITEMS_PER_MESSAGE_MAX, Item, NETWORK_PATH, ORIGIN_PARENT, PEER_PARENT, PushRequest, PushResponse, PushStatus,
-    Receiver, Record,
+    self, Attempt, Base, Changes, ChildReport, Command, CommandAction, CommandResult, Hello, ITEMS_PER_MESSAGE_MAX, Item, NETWORK_PATH, ORIGIN_PARENT, PEER_PARENT, PushRequest, PushResponse, PushStatus,
+    Receiver, Record, RoundSummary,
 };
 use feedsync_shared::merge::Side;
 use feedsync_shared::model::Model;
@@ -66,6 +66,10 @@ pub trait ParentLink {
     async fn push(&self, push: &PushRequest) -> Result<PushResponse, LinkError>;
     async fn find_patients(&self, query: &str, limit: usize) -> Result<Vec<Candidate>, LinkError>;
     async fn fetch_patient(&self, uuid: &str) -> Result<Record, LinkError>;
+    /// Tells the parent how this child is doing (best effort; a link without it ignores it).
+    async fn report(&self, _report: &ChildReport) -> Result<(), LinkError> {
+        Ok(())
+    }
 }
 
 /// The parent over HTTP: `URL` is the parent publisher's base (with its path prefix, if any).
@@ -132,6 +136,11 @@ impl ParentLink for HttpParent {
         let response = self.client.post_json(&url, &serde_json::json!({})).await?;
         self.decode(&url, &response.body)
     }
+
+    async fn report(&self, report: &ChildReport) -> Result<(), LinkError> {
+        self.client.post_json_gzip(&self.url("/report"), report).await?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,16 +151,25 @@ pub enum ChildError {
     Database(#[from] DbError),
     #[error("applying: {0}")]
     Apply(#[from] feedsync_shared::apply::ApplyError),
+    #[error("operator command: {0}")]
+    Command(String),
 }
 
 impl ChildError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ChildError::Link(e) => e.retryable,
-            ChildError::Database(e) => e.is_retryable(),
+            // A deadlock or lock wait timeout (MySQL 1213, 1205) undid the statement or the
+            // transaction: nothing was half applied, so the round is simply run again.
+            ChildError::Database(e) => e.is_retryable() || is_lock_conflict(e),
             ChildError::Apply(e) => e.is_retryable(),
+            ChildError::Command(_) => false,
         }
     }
+}
+
+fn is_lock_conflict(e: &DbError) -> bool {
+    matches!(e, DbError::Statement { message, .. } if feedsync_shared::apply::classify_refusal(message) == feedsync_shared::apply::Refusal::LockConflict)
 }
 
 /// What one round did.
@@ -201,7 +219,104 @@ impl<L: ParentLink> ChildNode<L> {
 
     /// One round: sequence, push everything pending, pull everything pending, retry held.
     pub async fn round(&self) -> Result<RoundReport, ChildError> {
+        let started = std::time::Instant::now();
         let hello = self.parent.hello().await?;
+        let done_commands = self.carry_out(&hello.commands).await;
+        let outcome = self.exchange(&hello).await;
+        // Best effort: a report that does not arrive is sent again after the next round.
+        let summary = RoundSummary {
+            pushed: outcome.as_ref().map_or(0, |r| r.pushed as i64),
+            pulled: outcome.as_ref().map_or(0, |r| r.pulled as i64),
+            held_at_parent: outcome.as_ref().map_or(0, |r| r.held_at_parent as i64),
+            conflicts: outcome.as_ref().map_or(0, |r| r.conflicts as i64),
+            duration_ms: started.elapsed().as_millis() as i64,
+            error: outcome.as_ref().err().map(|e| e.to_string()),
+        };
+        match self.status_report(summary, done_commands).await {
+            Ok(report) => {
+                if let Err(e) = self.parent.report(&report).await {
+                    tracing::warn!(error = %e, "could not send this child's status to the parent; it goes with the next round");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not gather this child's status"),
+        }
+        outcome
+    }
+
+    /// Carries out operator commands from the parent; each is idempotent (a command repeated
+    /// because its result was not reported yet finds its work already done).
+    async fn carry_out(&self, commands: &[Command]) -> Vec<CommandResult> {
+        let mut results = Vec::new();
+        for command in commands {
+            let outcome = async {
+                let mut session = self.database.session().await?;
+                match &command.action {
+                    CommandAction::RetryHeld { held_id } => {
+                        let due = exchange::held_items(&mut session, Some(PEER_PARENT), 100_000).await?.iter().any(|h| h.id == *held_id);
+                        Ok::<String, ChildError>(if due { format!("held #{held_id} is retried in this round") } else { format!("held #{held_id} is no longer held") })
+                    }
+                    CommandAction::SkipHeld { held_id, reason } => {
+                        let n = session
+                            .execute(&format!("DELETE FROM {} WHERE inbox_id = ? AND peer = ?", exchange::INBOX_TABLE), &[Value::Int(*held_id), PEER_PARENT.into()])
+                            .await?;
+                        if n > 0 {
+                            exchange::audit(&mut session, "parent operator", "skip-held", None, &format!("held #{held_id}: {reason}")).await?;
+                        }
+                        Ok(if n > 0 { format!("held #{held_id} skipped: {reason}") } else { format!("held #{held_id} was no longer held") })
+                    }
+                    CommandAction::ResolveConflict { conflict_id, take, fields } => {
+                        let take = exchange::Take::parse(take, fields).map_err(|e| ChildError::Command(e))?;
+                        match exchange::resolve_conflict(&mut session, &self.model, *conflict_id, &take).await {
+                            Ok(_) => Ok(format!("conflict #{conflict_id} resolved ({})", command_take(&take))),
+                            Err(exchange::ResolveError::AlreadyResolved(..)) => Ok(format!("conflict #{conflict_id} was already resolved")),
+                            Err(e) => Err(ChildError::Command(e.to_string())),
+                        }
+                    }
+                }
+            }
+            .await;
+            let (ok, message) = match outcome {
+                Ok(message) => (true, message),
+                Err(e) => (false, e.to_string()),
+            };
+            tracing::info!(command = command.id, ok, %message, "operator command from the parent");
+            results.push(CommandResult { id: command.id, ok, message });
+        }
+        results
+    }
+
+    /// This child's status for the parent.
+    pub async fn status_report(&self, round: RoundSummary, done_commands: Vec<CommandResult>) -> Result<ChildReport, ChildError> {
+        const LISTED_MAX: usize = 100;
+        let mut session = self.database.session().await?;
+        let push_through = state_i64(&mut session, PUSH_THROUGH).await?;
+        let pending_push = session
+            .query(
+                &format!("SELECT COUNT(*) AS n FROM {} WHERE event_seq > ? AND (origin IS NULL OR origin LIKE 'child:%')", capture::EVENT_TABLE),
+                &[Value::Int(push_through)],
+            )
+            .await?
+            .first()
+            .and_then(|r| r.i64("n"))
+            .unwrap_or_default();
+        let held = exchange::held_items(&mut session, Some(PEER_PARENT), 100_000).await?;
+        let conflicts = exchange::list_conflicts(&mut session, false, 100_000).await?;
+        Ok(ChildReport {
+            pending_push,
+            pull_after: state_i64(&mut session, PULL_AFTER).await?,
+            held_total: held.len() as i64,
+            held: held.into_iter().take(LISTED_MAX).collect(),
+            open_conflicts: conflicts.len() as i64,
+            conflicts: conflicts.into_iter().take(LISTED_MAX).collect(),
+            round,
+            done_commands,
+        })
+    }
+
+    /// The round's data work: sequence, push everything pending, pull everything pending,
+    /// retry held.
+    async fn exchange(&self, hello: &Hello) -> Result<RoundReport, ChildError> {
+        let hello = hello.clone();
         let mut session = self.database.session().await?;
         let mut report = RoundReport {
             sequenced: feed_publisher::sequencer::drain(&mut session, &self.model, &self.sequencer_config, MESSAGES_PER_ROUND_MAX).await?,
@@ -456,6 +571,12 @@ impl<L: ParentLink> ChildNode<L> {
 
     /// Runs `body` in one transaction with the parent's origin on every write.
     async fn in_transaction(&self, session: &mut Session, body: impl AsyncFnOnce(&mut Session) -> Result<(), ChildError>) -> Result<(), ChildError> {
+        if session.dialect() == Dialect::MySql {
+            // READ COMMITTED, as the parent's push: a merge reads the local row under its lock
+            // (the newest commit), and apply must compare with that version, not with an older
+            // snapshot REPEATABLE READ would give it.
+            session.execute_script("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+        }
         session.begin().await?;
         let outcome = async {
             capture::set_origin(session, ORIGIN_PARENT).await?;
@@ -493,6 +614,14 @@ impl<L: ParentLink> ChildNode<L> {
         let mut cache = LookupCache::default();
         self.in_transaction(&mut session, async |session: &mut Session| self.receive_all(session, &receiver, &record.items, &mut report, &mut cache).await).await?;
         Ok((report.pulled, report.held_here))
+    }
+}
+
+fn command_take(take: &exchange::Take) -> &'static str {
+    match take {
+        exchange::Take::Mine => "took the child's version",
+        exchange::Take::Theirs => "took the parent's version",
+        exchange::Take::Fields(_) => "field by field",
     }
 }
 

@@ -139,3 +139,61 @@ async fn conflict_cases_end_to_end() {
     let conflicts = conflicts_everywhere(&net).await;
     assert!(losing_values(&conflicts, &name, "family_name").contains(&serde_json::json!("Phiri-Offline")), "{conflicts:?}");
 }
+
+/// A conflict found at a child (the parent's change arrives while the child has an unpushed
+/// edit of the same field) is reported to the parent with the child's status; an operator at
+/// the parent resolves it there, the child carries the resolution out at its next round, and
+/// it reaches everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_found_at_a_child_is_reported_and_resolved_from_the_parent() {
+    use feed_publisher::network as parent_network;
+    use feed_subscriber::network::{ParentLink, RoundReport};
+    use feedsync_shared::exchange::CommandAction;
+    let Some(net) = Network::start(Source::Sqlite25, &["north", "south"]).await else { return };
+    run_workload(net.db("parent"), 3, 0).await;
+    net.settle().await;
+    run_workload(net.db("north"), 41, 1).await;
+    net.settle().await;
+    let patient = one_text(net.db("north"), "SELECT pe.uuid FROM person pe JOIN patient pt ON pt.patient_id = pe.person_id ORDER BY pt.patient_id DESC LIMIT 1", &[]).await.unwrap();
+    let south = net.child("south");
+    south.fetch_patient(&patient).await.unwrap();
+    let name = one_text(net.db("north"), "SELECT pn.uuid FROM person_name pn JOIN person pe ON pe.person_id = pn.person_id WHERE pe.uuid = ? AND pn.voided = 0", &[patient.as_str().into()]).await.unwrap();
+    net.settle().await;
+
+    exec(net.db("north"), "UPDATE person_name SET given_name = 'Atupele' WHERE uuid = ?", &[name.as_str().into()]).await;
+    net.publisher.publish().await;
+    net.child("north").round().await.unwrap();
+    net.publisher.publish().await;
+    // South edits the same field and, before pushing, receives north's version.
+    exec(net.db("south"), "UPDATE person_name SET given_name = 'Atupelle' WHERE uuid = ?", &[name.as_str().into()]).await;
+    let hello = south.parent.hello().await.unwrap();
+    let mut session = net.db("south").session().await.unwrap();
+    let after = south.pull_position(&mut session).await.unwrap();
+    let page = south.parent.changes(after, 500).await.unwrap();
+    let mut report = RoundReport::default();
+    assert!(south.apply_changes(&mut session, &hello, after, &page, &mut report).await.unwrap());
+    assert_eq!(report.conflicts, 1, "the conflict is found at the child");
+    drop(session);
+    net.settle().await;
+    let given = "SELECT given_name FROM person_name WHERE uuid = ?";
+    assert_eq!(one_text(net.db("south"), given, &[name.as_str().into()]).await.as_deref(), Some("Atupele"), "the parent's value won");
+
+    // The parent sees it in south's report.
+    let mut s = net.db("parent").session().await.unwrap();
+    let (status, _) = parent_network::child_report(&mut s, "south").await.unwrap().expect("south reported");
+    assert_eq!(status.open_conflicts, 1);
+    let conflict = status.conflicts[0].clone();
+    assert_eq!(conflict.key, name);
+    assert_eq!(conflict.child_version.as_ref().unwrap()["given_name"], serde_json::json!("Atupelle"));
+    // An operator at the parent takes the child's version ("mine" is the child's side there).
+    let command = parent_network::queue_command(&mut s, "south", &CommandAction::ResolveConflict { conflict_id: conflict.id, take: "mine".into(), fields: vec![] }, "dashboard:test").await.unwrap();
+    drop(s);
+    net.settle().await;
+    for site in ["north", "south", "parent"] {
+        assert_eq!(one_text(net.db(site), given, &[name.as_str().into()]).await.as_deref(), Some("Atupelle"), "{site}");
+    }
+    let done = one_text(net.db("parent"), "SELECT ok || '|' || message FROM feedsync_command WHERE command_id = ?", &[Value::Int(command)]).await;
+    assert!(done.as_deref().is_some_and(|d| d.starts_with("1|")), "command closed: {done:?}");
+    let mut s = net.db("parent").session().await.unwrap();
+    assert_eq!(parent_network::child_report(&mut s, "south").await.unwrap().unwrap().0.open_conflicts, 0);
+}

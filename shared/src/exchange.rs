@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::apply::{self, Applied, ApplyError};
 use crate::capture::hex;
-use crate::db::{DbResult, Dialect, Session, Value};
+use crate::db::{DbResult, Dialect, Session, Value, quote_ident};
 use crate::merge::{self, Fields, Policy, Side, Version};
 use crate::model::Model;
 use crate::resource::{self, LookupCache, Resource, Tombstone, content_hash};
@@ -33,6 +33,7 @@ pub const BASE_TABLE: &str = "feedsync_base";
 pub const CONFLICT_TABLE: &str = "feedsync_conflict";
 pub const AUDIT_TABLE: &str = "feedsync_audit";
 pub const INBOX_TABLE: &str = "feedsync_inbox";
+pub const COMMAND_TABLE: &str = "feedsync_command";
 
 /// The origin of writes applied from this node's parent.
 pub const ORIGIN_PARENT: &str = "parent";
@@ -64,9 +65,16 @@ pub fn network_ddl(dialect: Dialect) -> Vec<String> {
     match dialect {
         Dialect::MySql => vec![
             format!(
+                "CREATE TABLE IF NOT EXISTS {COMMAND_TABLE} (command_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, child VARCHAR(64) NOT NULL, \
+                 action TEXT NOT NULL, actor VARCHAR(128) NOT NULL, created_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), \
+                 done_at DATETIME(3) NULL, ok TINYINT NULL, message TEXT NULL, KEY feedsync_command_child (child, done_at)\
+                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            ),
+            format!(
                 "CREATE TABLE IF NOT EXISTS {CHILD_TABLE} (name VARCHAR(64) NOT NULL PRIMARY KEY, token_hash CHAR(64) NOT NULL, \
                  categories TEXT NOT NULL, all_patients TINYINT NOT NULL DEFAULT 0, created_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), \
-                 revoked_at DATETIME(3) NULL, acked_seq BIGINT NOT NULL DEFAULT 0, last_contact DATETIME(3) NULL, rules_checked_seq BIGINT NOT NULL DEFAULT 0, rules TEXT NULL\
+                 revoked_at DATETIME(3) NULL, acked_seq BIGINT NOT NULL DEFAULT 0, last_contact DATETIME(3) NULL, rules_checked_seq BIGINT NOT NULL DEFAULT 0, rules TEXT NULL, \
+                 pulled_after BIGINT NULL, report MEDIUMTEXT NULL, reported_at DATETIME(3) NULL\
                  ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
             ),
             format!(
@@ -106,9 +114,14 @@ pub fn network_ddl(dialect: Dialect) -> Vec<String> {
         ],
         Dialect::Sqlite => vec![
             format!(
+                "CREATE TABLE IF NOT EXISTS {COMMAND_TABLE} (command_id INTEGER PRIMARY KEY AUTOINCREMENT, child TEXT NOT NULL, action TEXT NOT NULL, \
+                 actor TEXT NOT NULL, created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), done_at TEXT NULL, ok INTEGER NULL, message TEXT NULL)"
+            ),
+            format!(
                 "CREATE TABLE IF NOT EXISTS {CHILD_TABLE} (name TEXT NOT NULL PRIMARY KEY, token_hash TEXT NOT NULL, categories TEXT NOT NULL, \
                  all_patients INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), \
-                 revoked_at TEXT NULL, acked_seq INTEGER NOT NULL DEFAULT 0, last_contact TEXT NULL, rules_checked_seq INTEGER NOT NULL DEFAULT 0, rules TEXT NULL)"
+                 revoked_at TEXT NULL, acked_seq INTEGER NOT NULL DEFAULT 0, last_contact TEXT NULL, rules_checked_seq INTEGER NOT NULL DEFAULT 0, rules TEXT NULL, \
+                 pulled_after INTEGER NULL, report TEXT NULL, reported_at TEXT NULL)"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {CATCHMENT_TABLE} (child TEXT NOT NULL, patient_uuid TEXT NOT NULL, reason TEXT NOT NULL, \
@@ -210,6 +223,9 @@ pub struct Hello {
     pub categories: Vec<String>,
     pub policy: PolicyConfig,
     pub last_seq: i64,
+    /// Operator actions waiting for this child.
+    #[serde(default)]
+    pub commands: Vec<Command>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -270,6 +286,66 @@ pub struct PushResponse {
     pub results: Vec<PushResult>,
 }
 
+/// What a child tells its parent at the end of each round, for the parent's status views
+/// (`feed-publisher child list`, the dashboard): how far behind it is, what it holds and
+/// why, and the conflicts found there.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChildReport {
+    /// Own events the parent has not acknowledged yet.
+    pub pending_push: i64,
+    /// The last parent event applied here.
+    pub pull_after: i64,
+    /// Items from the parent held here until they can apply (at most 100), and how many in all.
+    pub held: Vec<HeldItem>,
+    pub held_total: i64,
+    /// Open conflicts found here (at most 100), and how many in all.
+    pub conflicts: Vec<Conflict>,
+    pub open_conflicts: i64,
+    /// The round that just ended.
+    pub round: RoundSummary,
+    /// Commands from the parent carried out since the last report, with what happened.
+    pub done_commands: Vec<CommandResult>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RoundSummary {
+    pub pushed: i64,
+    pub pulled: i64,
+    pub held_at_parent: i64,
+    pub conflicts: i64,
+    pub duration_ms: i64,
+    /// The round's error, when it ended with one.
+    pub error: Option<String>,
+}
+
+/// An operator's action on a child, decided at the parent (from the dashboard) and carried out
+/// by the child at its next round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: i64,
+    pub action: CommandAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CommandAction {
+    /// Try a held item again now.
+    RetryHeld { held_id: i64 },
+    /// Drop a held item; the reason is kept in the audit log at both ends.
+    SkipHeld { held_id: i64, reason: String },
+    /// Resolve a conflict found at the child.
+    ResolveConflict { conflict_id: i64, take: String, fields: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub id: i64,
+    pub ok: bool,
+    pub message: String,
+}
+
 /// A page of the parent's changes for one child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Changes {
@@ -293,6 +369,23 @@ pub struct Record {
 pub async fn current(session: &mut Session, model: &Model, table: &str, key: &str, cache: &mut LookupCache) -> DbResult<Option<Resource>> {
     let Some(entity) = model.entity(table) else { return Ok(None) };
     match resource::find_row(session, model, table, key).await? {
+        Some(row) => Ok(Some(resource::render(session, model, entity, key, &row, cache).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The local entity as [`current`] gives it, read under the row's lock, held until the
+/// transaction ends (MySQL `FOR UPDATE`; on SQLite the writing transaction holds the database
+/// lock already). A locking read also sees the newest committed version whatever the isolation
+/// level, so a merge decides on the row as it is, and a local write cannot commit between the
+/// merge's read and its write (it would be overwritten without a trace: a lost update).
+pub async fn current_locked(session: &mut Session, model: &Model, table: &str, key: &str, cache: &mut LookupCache) -> DbResult<Option<Resource>> {
+    let Some(entity) = model.entity(table) else { return Ok(None) };
+    let Some((condition, params)) = resource::identity_condition(session, model, entity, key).await? else { return Ok(None) };
+    let dialect = session.dialect();
+    let lock = if dialect == Dialect::MySql { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT * FROM {} WHERE {condition}{lock}", quote_ident(dialect, table));
+    match session.query(&sql, &params).await?.into_iter().next() {
         Some(row) => Ok(Some(resource::render(session, model, entity, key, &row, cache).await?)),
         None => Ok(None),
     }
@@ -357,7 +450,8 @@ pub async fn receive(session: &mut Session, receiver: &Receiver<'_>, incoming: &
         return Ok(Received::Done { result: incoming.resource.clone(), conflict_id: None, changed: false });
     };
     let db_error = |e| ApplyError::Unavailable { table: incoming.table.clone(), key: incoming.key.clone(), message: format!("{e}") };
-    let mine = current(session, model, &incoming.table, &incoming.key, cache).await.map_err(db_error)?;
+    // Locked: a local write committing between this read and the write below would be lost.
+    let mine = current_locked(session, model, &incoming.table, &incoming.key, cache).await.map_err(db_error)?;
     // Compare only columns this database has: a column an older OpenMRS lacks is neither
     // changed nor merged here.
     let local_columns: std::collections::BTreeSet<&str> = entity.columns.iter().map(|c| c.name.as_str()).collect();
