@@ -398,6 +398,8 @@ pub async fn changes(session: &mut Session, model: &Model, child: &Child, after:
     let columns = "e.event_seq AS event_seq, e.table_name AS table_name, e.entity_key AS entity_key, e.origin AS origin";
     // What is committed now bounds the page: the sequencer commits events in order.
     let newest = last_seq(session).await?;
+    // Asking for changes after `after` confirms everything up to it was applied.
+    session.execute(&format!("UPDATE {CHILD_TABLE} SET pulled_after = ? WHERE name = ?"), &[Value::Int(after), child.name.as_str().into()]).await?;
     let sources: Vec<(String, Vec<Value>)> = if child.all_patients {
         vec![(format!("SELECT {columns} FROM {EVENT_TABLE} e WHERE e.event_seq > ? AND e.event_seq <= ? ORDER BY e.event_seq LIMIT {EVENTS_SCANNED_MAX}"), vec![Value::Int(after), Value::Int(newest)])]
     } else {
@@ -472,6 +474,31 @@ pub async fn changes(session: &mut Session, model: &Model, child: &Child, after:
         items.push(exchange::local_item(session, model, seq, &table, &key, &mut cache).await?);
     }
     Ok(Changes { items, through, more: through < newest })
+}
+
+/// Events the child has not received yet (its metadata and catchment events after the last
+/// page it confirmed), counted the way [`changes`] reads them.
+pub async fn waiting_for_child(session: &mut Session, child: &Child) -> Result<i64, HttpError> {
+    let after = session
+        .query(&format!("SELECT COALESCE(pulled_after, 0) AS n FROM {CHILD_TABLE} WHERE name = ?"), &[child.name.as_str().into()])
+        .await?
+        .first()
+        .and_then(|r| r.i64("n"))
+        .unwrap_or_default();
+    let own = exchange::child_origin(&child.name);
+    let metadata = format!(
+        "SELECT COUNT(*) AS n FROM {EVENT_TABLE} e WHERE e.event_seq > ? AND (e.origin IS NULL OR e.origin <> ?){}",
+        if child.all_patients { "" } else { " AND e.patient_uuid IS NULL" }
+    );
+    let mut total = session.query(&metadata, &[Value::Int(after), own.as_str().into()]).await?.first().and_then(|r| r.i64("n")).unwrap_or_default();
+    if !child.all_patients {
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM {CATCHMENT_TABLE} c JOIN {EVENT_TABLE} e ON e.patient_uuid = c.patient_uuid AND e.event_seq > ? \
+             WHERE c.child = ? AND (e.origin IS NULL OR e.origin <> ?)"
+        );
+        total += session.query(&sql, &[Value::Int(after), child.name.as_str().into(), own.as_str().into()]).await?.first().and_then(|r| r.i64("n")).unwrap_or_default();
+    }
+    Ok(total)
 }
 
 /// Records of rule-added patients still to send; those whose record went out with a page the
