@@ -317,7 +317,8 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> 
             let parsed = search::parse_query(text).map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e, "search by identifier, or by name with birth date (YYYY-MM-DD) and gender"))?;
             let limit = number(&query, "limit", 10)?.clamp(1, 50) as usize;
             let found = search::find_patients(&mut session, &parsed, limit).await?;
-            exchange::audit(&mut session, &child.name, "patient-find", None, &format!("query {text:?}: {} candidates", found.len())).await?;
+            let shown: Vec<&str> = found.iter().map(|c| c.uuid.as_str()).collect();
+            exchange::audit(&mut session, &child.name, "patient-find", None, &format!("query {text:?}: {} candidates shown: {}", found.len(), shown.join(", "))).await?;
             json(&serde_json::json!({ "candidates": found }))
         }
         (Method::POST, path) if path.starts_with("/patients/") && path.ends_with("/fetch") => {
