@@ -9,6 +9,7 @@ pub mod network;
 pub mod sequencer;
 pub mod server;
 pub mod testing;
+pub mod usb;
 
 use feedsync_shared::db::{Database, DbError};
 use feedsync_shared::model::{self, Model};

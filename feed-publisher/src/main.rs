@@ -54,6 +54,43 @@ enum Command {
     /// Conflicts found when children pushed changes this server also changed.
     #[command(subcommand)]
     Conflicts(feedsync_shared::cli::ConflictsCommand),
+    /// Sync a child without network: import its USB export, write the reply it imports next.
+    #[command(subcommand, long_about = USB_HELP)]
+    Usb(UsbCommand),
+}
+
+/// How the USB round trip goes, for `usb --help` on both binaries.
+const USB_HELP: &str = "Sync a child that has no network, with files carried on a USB stick.\n\n\
+    The round trip:\n  \
+    1. at the child:  feed-subscriber usb export --db CHILD_DB --token TOKEN --out /media/stick/north.fsync\n     \
+    (everything the parent has not acknowledged: the child's own changes since its last reply or online sync)\n  \
+    2. at the parent: feed-publisher usb import --db PARENT_DB --in /media/stick/north.fsync --reply-out /media/stick/north-reply.fsync\n     \
+    (applies the child's changes and writes the reply: the parent's answers and its changes for the child)\n  \
+    3. at the child:  feed-subscriber usb import --db CHILD_DB --token TOKEN --in /media/stick/north-reply.fsync\n\n\
+    Files are encrypted and signed with the child's registration: a lost stick reveals nothing, and a changed, damaged, \
+    truncated or wrong child's file is refused before anything is applied. Importing a file twice, an old file, or a file \
+    overtaken by online sync changes nothing, so USB and online sync mix in any order. `usb inspect --in FILE` shows a \
+    file's header (child, direction, event range, when it was made) without any key.";
+
+#[derive(Subcommand)]
+enum UsbCommand {
+    /// Import a child's export: apply its changes and write the reply file the child imports next.
+    Import {
+        #[command(flatten)]
+        common: Common,
+        /// The child's export file (from `feed-subscriber usb export`).
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// Where to write the reply for the child (written whole or not at all).
+        #[arg(long, value_name = "FILE")]
+        reply_out: PathBuf,
+    },
+    /// Show a USB file's header (child, direction, event range, created_at) without opening it.
+    Inspect {
+        /// An export or a reply.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -272,6 +309,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Child(command) => child_command(command).await?,
         Command::Conflicts(command) => feedsync_shared::cli::conflicts(command).await?,
+        Command::Usb(command) => usb_command(command).await?,
+    }
+    Ok(())
+}
+
+fn read_usb_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {} (is the stick mounted? check the path)", path.display()))
+}
+
+async fn usb_command(command: UsbCommand) -> anyhow::Result<()> {
+    use feed_publisher::{sequencer, usb};
+    match command {
+        UsbCommand::Inspect { input } => {
+            let bytes = read_usb_file(&input)?;
+            let header = feedsync_shared::bundle::read_header(&bytes).with_context(|| format!("{}", input.display()))?;
+            println!("{}", usb::describe_header(&header));
+        }
+        UsbCommand::Import { common, input, reply_out } => {
+            let bytes = read_usb_file(&input)?;
+            let config = load_config(&common)?;
+            let (database, model) = open(&config).await?;
+            let mut session = database.session().await?;
+            if !capture::list_tables(&mut session).await?.iter().any(|t| t == capture::EVENT_TABLE) {
+                bail!("capture is not installed on {}: run `feed-publisher install --db ...` first", database.display_name());
+            }
+            // The reply carries the latest changes; afterwards the child's data gets event
+            // numbers and flows on to the other children (the server does both when it runs).
+            sequencer::drain(&mut session, &model, &config, 100_000).await?;
+            let imported = usb::import(&mut session, &model, &config.network, &bytes).await.with_context(|| format!("{}", input.display()))?;
+            sequencer::drain(&mut session, &model, &config, 100_000).await?;
+            usb::write_file_atomically(&reply_out, &imported.reply).with_context(|| {
+                format!(
+                    "the export was imported, but the reply could not be written to {} (stick full, read-only or removed?); import the same export again \
+                     to write the reply: it applies nothing twice",
+                    reply_out.display()
+                )
+            })?;
+            println!("{}", imported.describe());
+            println!("reply written to {}: import it at the child with `feed-subscriber usb import`", reply_out.display());
+            drop(session);
+            database.close().await;
+        }
     }
     Ok(())
 }

@@ -396,11 +396,27 @@ const EVENTS_SCANNED_MAX: i64 = 5_000;
 /// index, so other children's patients are never scanned. A child registered with
 /// `--all-patients` reads every event instead.
 pub async fn changes(session: &mut Session, model: &Model, child: &Child, after: i64, limit: usize) -> Result<Changes, HttpError> {
+    changes_read(session, model, child, after, limit, Confirm::UpTo).await
+}
+
+/// Whether reading a page confirms that the child applied everything up to its `after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirm {
+    /// The child asked (online, or the first page of a USB reply): it applied up to `after`.
+    UpTo,
+    /// A page read ahead for the child (a USB reply's later pages): confirms nothing.
+    Nothing,
+}
+
+/// [`changes`], saying whether the read confirms the child's position.
+pub async fn changes_read(session: &mut Session, model: &Model, child: &Child, after: i64, limit: usize, confirm: Confirm) -> Result<Changes, HttpError> {
     let columns = "e.event_seq AS event_seq, e.table_name AS table_name, e.entity_key AS entity_key, e.origin AS origin";
     // What is committed now bounds the page: the sequencer commits events in order.
     let newest = last_seq(session).await?;
     // Asking for changes after `after` confirms everything up to it was applied.
-    session.execute(&format!("UPDATE {CHILD_TABLE} SET pulled_after = ? WHERE name = ?"), &[Value::Int(after), child.name.as_str().into()]).await?;
+    if confirm == Confirm::UpTo {
+        session.execute(&format!("UPDATE {CHILD_TABLE} SET pulled_after = ? WHERE name = ?"), &[Value::Int(after), child.name.as_str().into()]).await?;
+    }
     let sources: Vec<(String, Vec<Value>)> = if child.all_patients {
         vec![(format!("SELECT {columns} FROM {EVENT_TABLE} e WHERE e.event_seq > ? AND e.event_seq <= ? ORDER BY e.event_seq LIMIT {EVENTS_SCANNED_MAX}"), vec![Value::Int(after), Value::Int(newest)])]
     } else {
@@ -460,7 +476,7 @@ pub async fn changes(session: &mut Session, model: &Model, child: &Child, after:
     // applied a page carrying it (by asking for changes after that page).
     if !child.all_patients {
         apply_rules(session, child, newest).await?;
-        for patient in records_due(session, &child.name, after).await? {
+        for patient in records_due(session, &child.name, after, confirm).await? {
             let record = patient_record(session, model, &patient, &mut cache).await?;
             items.extend(record);
             session
@@ -504,13 +520,15 @@ pub async fn waiting_for_child(session: &mut Session, child: &Child) -> Result<i
 
 /// Records of rule-added patients still to send; those whose record went out with a page the
 /// child has since confirmed (it asks for changes after it) are done.
-async fn records_due(session: &mut Session, child: &str, after: i64) -> Result<Vec<String>, HttpError> {
-    session
+async fn records_due(session: &mut Session, child: &str, after: i64, confirm: Confirm) -> Result<Vec<String>, HttpError> {
+    if confirm == Confirm::UpTo {
+        session
         .execute(
             &format!("UPDATE {CATCHMENT_TABLE} SET needs_record = 0 WHERE child = ? AND needs_record = 1 AND record_sent_through IS NOT NULL AND record_sent_through <= ?"),
             &[child.into(), Value::Int(after)],
         )
         .await?;
+    }
     Ok(session
         .query(&format!("SELECT patient_uuid FROM {CATCHMENT_TABLE} WHERE child = ? AND needs_record = 1 ORDER BY added_at, patient_uuid LIMIT 20"), &[child.into()])
         .await?

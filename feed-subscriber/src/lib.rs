@@ -12,3 +12,4 @@ pub mod openmrs_notify;
 pub mod sink;
 pub mod sinks;
 pub mod testing;
+pub mod usb;

@@ -14,7 +14,7 @@ use feed_subscriber::engine::Subscriber;
 use feed_subscriber::network::{ChildNode, HttpParent};
 use feed_subscriber::openmrs_notify::{Notifier, NotifierHandle};
 use feed_subscriber::sink::{SinkLimits, run_sink};
-use feed_subscriber::{sinks, state};
+use feed_subscriber::{sinks, state, usb};
 use feedsync_shared::db::Database;
 use feedsync_shared::model;
 use feedsync_shared::profile::Profile;
@@ -56,6 +56,60 @@ enum Command {
     /// Conflicts found when the parent's changes met changes made here.
     #[command(subcommand)]
     Conflicts(feedsync_shared::cli::ConflictsCommand),
+    /// Sync with the parent without network: export to a USB file, import the parent's reply.
+    #[command(subcommand, long_about = USB_HELP)]
+    Usb(UsbCommand),
+}
+
+/// How the USB round trip goes (the same text as `feed-publisher usb --help`).
+const USB_HELP: &str = "Sync with the parent without network, with files carried on a USB stick.\n\n\
+    The round trip:\n  \
+    1. at the child:  feed-subscriber usb export --db CHILD_DB --token TOKEN --out /media/stick/north.fsync\n     \
+    (everything the parent has not acknowledged: this child's own changes since its last reply or online sync)\n  \
+    2. at the parent: feed-publisher usb import --db PARENT_DB --in /media/stick/north.fsync --reply-out /media/stick/north-reply.fsync\n     \
+    (applies the child's changes and writes the reply: the parent's answers and its changes for the child)\n  \
+    3. at the child:  feed-subscriber usb import --db CHILD_DB --token TOKEN --in /media/stick/north-reply.fsync\n\n\
+    Files are encrypted and signed with the child's registration: a lost stick reveals nothing, and a changed, damaged, \
+    truncated or wrong child's file is refused before anything is applied. Importing a file twice, an old file, or a file \
+    overtaken by online sync changes nothing, so USB and online sync mix in any order. Import each reply before the next \
+    export when you can. `usb inspect --in FILE` shows a file's header (child, direction, event range, when it was made) \
+    without any key.";
+
+#[derive(Args)]
+struct UsbChildArgs {
+    /// This child's database.
+    #[arg(long, env = "FEEDSYNC_DB")]
+    db: String,
+    /// This child's token, from `feed-publisher child add` at the parent (it names the child
+    /// and keys the files).
+    #[arg(long, env = "FEEDSYNC_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Subcommand)]
+enum UsbCommand {
+    /// Write everything the parent has not acknowledged to one file, for `feed-publisher usb import`.
+    Export {
+        #[command(flatten)]
+        child: UsbChildArgs,
+        /// The file to write (written whole or not at all).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Import the parent's reply to an export of this child.
+    Import {
+        #[command(flatten)]
+        child: UsbChildArgs,
+        /// The reply file (from `feed-publisher usb import --reply-out`).
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+    },
+    /// Show a USB file's header (child, direction, event range, created_at) without opening it.
+    Inspect {
+        /// An export or a reply.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -330,6 +384,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Patient(command) => patient_command(command).await?,
         Command::Conflicts(command) => feedsync_shared::cli::conflicts(command).await?,
+        Command::Usb(command) => usb_command(command).await?,
         Command::Reset(args) => {
             let database = Database::from_url(&args.db)?;
             let mut session = database.session().await?;
@@ -380,6 +435,53 @@ async fn run_child(config: &Config, parent: &str, token: &str, once: bool) -> an
         }
         tokio::time::sleep(Duration::from_millis(config.poll_interval_ms)).await;
     }
+}
+
+fn read_usb_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {} (is the stick mounted? check the path)", path.display()))
+}
+
+/// A child that works from USB files: its database prepared (capture tables and triggers; the
+/// first time, a snapshot of existing rows, which the first export offers to the parent).
+async fn open_usb_child(args: &UsbChildArgs) -> anyhow::Result<ChildNode<usb::NoParentLink>> {
+    anyhow::ensure!(
+        feedsync_shared::exchange::token_child(&args.token).is_some(),
+        "--token is not a child token: pass it exactly as `feed-publisher child add` printed it at the parent (NAME.SECRET)"
+    );
+    let database = Database::from_url(&args.db)?;
+    let mut session = database.session().await.with_context(|| format!("cannot open {}", database.display_name()))?;
+    let schema = read_schema(&mut session, database.schema_name()).await?;
+    let model = model::build(&schema, &Profile::openmrs());
+    anyhow::ensure!(!model.entities.is_empty(), "{} holds no OpenMRS tables: load an OpenMRS schema first", database.display_name());
+    drop(session);
+    let child = ChildNode::new(database, model, usb::NoParentLink);
+    child.prepare().await?;
+    Ok(child)
+}
+
+async fn usb_command(command: UsbCommand) -> anyhow::Result<()> {
+    match command {
+        UsbCommand::Inspect { input } => {
+            let bytes = read_usb_file(&input)?;
+            let header = feedsync_shared::bundle::read_header(&bytes).with_context(|| format!("{}", input.display()))?;
+            println!("{}", feed_publisher::usb::describe_header(&header));
+        }
+        UsbCommand::Export { child, out } => {
+            let node = open_usb_child(&child).await?;
+            let export = usb::export_to_file(&node, &child.token, &out).await?;
+            println!("{}", export.describe());
+            println!("written to {}: import it at the parent with `feed-publisher usb import`", out.display());
+            node.database.close().await;
+        }
+        UsbCommand::Import { child, input } => {
+            let bytes = read_usb_file(&input)?;
+            let node = open_usb_child(&child).await?;
+            let report = usb::import_reply(&node, &child.token, &bytes).await.with_context(|| format!("{}", input.display()))?;
+            println!("{}", report.describe());
+            node.database.close().await;
+        }
+    }
+    Ok(())
 }
 
 async fn patient_command(command: PatientCommand) -> anyhow::Result<()> {

@@ -362,12 +362,26 @@ impl<L: ParentLink> ChildNode<L> {
     }
 
     /// Pushes the next batch of own events; false when there was nothing to push.
+    ///
+    /// A push is kept in `feedsync_outbox` before it is sent. If its answer never arrives, the
+    /// next round sends the same request again rather than a new one: the parent answers what
+    /// it already applied with its version, merged here against what was sent, so an edit
+    /// made here in between is kept (a rebuilt push would pair that edit with a version the
+    /// parent has already moved past).
     async fn push_once(&self, session: &mut Session, hello: &Hello, report: &mut RoundReport) -> Result<bool, ChildError> {
-        let Some(push) = self.build_push(session, hello, report).await? else { return Ok(false) };
-        if push.items.is_empty() {
-            set_state_i64(session, PUSH_THROUGH, push.through_seq).await?;
-            return Ok(true);
-        }
+        let position = state_i64(session, PUSH_THROUGH).await?;
+        let push = match exchange::outbox(session).await? {
+            Some(unanswered) if unanswered.through_seq > position => unanswered,
+            _ => {
+                let Some(push) = self.build_push(session, hello, report).await? else { return Ok(false) };
+                if push.items.is_empty() {
+                    set_state_i64(session, PUSH_THROUGH, push.through_seq).await?;
+                    return Ok(true);
+                }
+                exchange::set_outbox(session, &push).await?;
+                push
+            }
+        };
         let reply = self.parent.push(&push).await?;
         self.apply_push_reply(session, hello, &push, &reply, report).await?;
         Ok(true)
@@ -396,7 +410,7 @@ impl<L: ParentLink> ChildNode<L> {
         let Some(last) = events.last().and_then(|e| e.i64("event_seq")) else { return Ok(None) };
         let mut cache = LookupCache::default();
         let mut items: Vec<Item> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
         for event in &events {
             // Own changes and those of this node's own children go up; what came from the
             // parent does not go back.
@@ -410,10 +424,14 @@ impl<L: ParentLink> ChildNode<L> {
                 report.not_allowed += 1;
                 continue;
             }
-            if !seen.insert((table.clone(), key.clone())) {
+            let seq = event.i64("event_seq").unwrap_or_default();
+            // Each entity once, at its latest event in the batch: its state is the current one.
+            if let Some(&i) = seen.get(&(table.clone(), key.clone())) {
+                let earlier: &mut Item = &mut items[i];
+                earlier.seq = seq;
                 continue;
             }
-            let seq = event.i64("event_seq").unwrap_or_default();
+            seen.insert((table.clone(), key.clone()), items.len());
             let mut item = exchange::local_item(session, &self.model, seq, &table, &key, &mut cache).await?;
             item.base = exchange::load_base(session, &table, &key).await?;
             items.push(item);
@@ -449,7 +467,9 @@ impl<L: ParentLink> ChildNode<L> {
                     report.held_here += 1;
                 }
             }
-            set_state_i64(session, PUSH_THROUGH, reply.acked_through.max(push.through_seq)).await?;
+            let position = reply.acked_through.max(push.through_seq);
+            set_state_i64(session, PUSH_THROUGH, position).await?;
+            exchange::clear_outbox(session, position).await?;
             Ok(())
         })
         .await?;

@@ -284,3 +284,70 @@ async fn a_district_passes_data_up_and_down() {
     settle_all().await;
     assert_eq!(one_text(&facility_db.database, "SELECT birthdate_estimated FROM person WHERE uuid = ?", &[patient.as_str().into()]).await.as_deref(), Some("1"));
 }
+
+/// A push whose answer is lost after the parent applied it, then a new edit of the same record
+/// at the child: the child sends the same push again, and its new edit wins everywhere, with no
+/// conflict (nothing is overwritten by the parent's echo of the older version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_push_answer_loses_no_later_edit() {
+    use feed_subscriber::network::{ChildNode, HttpParent, LinkError, ParentLink};
+    use feedsync_shared::exchange::{Changes, ChildReport, Hello, PushRequest, PushResponse, Record};
+    use feedsync_shared::search::Candidate;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    struct LosesOneAnswer {
+        inner: HttpParent,
+        lose: AtomicBool,
+    }
+    impl ParentLink for LosesOneAnswer {
+        async fn hello(&self) -> Result<Hello, LinkError> {
+            self.inner.hello().await
+        }
+        async fn changes(&self, after: i64, limit: usize) -> Result<Changes, LinkError> {
+            self.inner.changes(after, limit).await
+        }
+        async fn push(&self, push: &PushRequest) -> Result<PushResponse, LinkError> {
+            let answer = self.inner.push(push).await?;
+            if self.lose.swap(false, Ordering::SeqCst) {
+                return Err(LinkError { message: "connection reset before the answer".into(), retryable: true, unauthorized: false });
+            }
+            Ok(answer)
+        }
+        async fn find_patients(&self, query: &str, limit: usize) -> Result<Vec<Candidate>, LinkError> {
+            self.inner.find_patients(query, limit).await
+        }
+        async fn fetch_patient(&self, uuid: &str) -> Result<Record, LinkError> {
+            self.inner.fetch_patient(uuid).await
+        }
+        async fn report(&self, report: &ChildReport) -> Result<(), LinkError> {
+            self.inner.report(report).await
+        }
+    }
+    let Some(net) = Network::start(Source::Sqlite25, &["north"]).await else { return };
+    run_workload(net.db("parent"), 3, 0).await;
+    run_workload(net.db("north"), 61, 1).await;
+    net.settle().await;
+    let (_, db, _, token) = &net.children[0];
+    let north = ChildNode::new(
+        db.database.clone(),
+        model_of(&db.database).await,
+        LosesOneAnswer { inner: HttpParent::new(&format!("http://{}", net.publisher.addr), token), lose: AtomicBool::new(true) },
+    );
+    let name = one_text(&db.database, "SELECT pn.uuid FROM person_name pn JOIN patient pt ON pt.patient_id = pn.person_id ORDER BY pn.person_name_id DESC LIMIT 1", &[]).await.unwrap();
+    exec(&db.database, "UPDATE person_name SET given_name = 'Wanjiru' WHERE uuid = ?", &[name.as_str().into()]).await;
+    let lost = north.round().await;
+    assert!(lost.as_ref().is_err_and(|e| e.is_retryable()), "{lost:?}");
+    let given = "SELECT given_name FROM person_name WHERE uuid = ?";
+    assert_eq!(one_text(net.db("parent"), given, &[name.as_str().into()]).await.as_deref(), Some("Wanjiru"), "the parent applied it");
+    exec(&db.database, "UPDATE person_name SET given_name = 'Wanjiku' WHERE uuid = ?", &[name.as_str().into()]).await;
+    for _ in 0..3 {
+        net.publisher.publish().await;
+        north.round().await.unwrap();
+    }
+    for site in ["north", "parent"] {
+        assert_eq!(one_text(net.db(site), given, &[name.as_str().into()]).await.as_deref(), Some("Wanjiku"), "{site}");
+    }
+    for site in ["north", "parent"] {
+        let mut s = net.db(site).session().await.unwrap();
+        assert!(exchange::list_conflicts(&mut s, true, 10).await.unwrap().is_empty(), "{site}: no conflict");
+    }
+}

@@ -34,6 +34,8 @@ pub const CONFLICT_TABLE: &str = "feedsync_conflict";
 pub const AUDIT_TABLE: &str = "feedsync_audit";
 pub const INBOX_TABLE: &str = "feedsync_inbox";
 pub const COMMAND_TABLE: &str = "feedsync_command";
+/// A child's push in flight: sent again, unchanged, when its answer was lost.
+pub const OUTBOX_TABLE: &str = "feedsync_outbox";
 
 /// The origin of writes applied from this node's parent.
 pub const ORIGIN_PARENT: &str = "parent";
@@ -64,6 +66,10 @@ pub fn is_network_origin(origin: &str) -> bool {
 pub fn network_ddl(dialect: Dialect) -> Vec<String> {
     match dialect {
         Dialect::MySql => vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (through_seq BIGINT NOT NULL PRIMARY KEY, push LONGTEXT NOT NULL\
+                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {COMMAND_TABLE} (command_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, child VARCHAR(64) NOT NULL, \
                  action TEXT NOT NULL, actor VARCHAR(128) NOT NULL, created_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), \
@@ -113,6 +119,7 @@ pub fn network_ddl(dialect: Dialect) -> Vec<String> {
             ),
         ],
         Dialect::Sqlite => vec![
+            format!("CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (through_seq INTEGER NOT NULL PRIMARY KEY, push TEXT NOT NULL)"),
             format!(
                 "CREATE TABLE IF NOT EXISTS {COMMAND_TABLE} (command_id INTEGER PRIMARY KEY AUTOINCREMENT, child TEXT NOT NULL, action TEXT NOT NULL, \
                  actor TEXT NOT NULL, created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), done_at TEXT NULL, ok INTEGER NULL, message TEXT NULL)"
@@ -418,6 +425,32 @@ pub async fn store_base(session: &mut Session, table: &str, key: &str, version: 
         ),
     };
     session.execute(&sql, &[table.into(), key.into(), hash, body]).await?;
+    Ok(())
+}
+
+// ---- a child's push in flight ----
+
+/// The push sent and not answered yet, if any.
+pub async fn outbox(session: &mut Session) -> DbResult<Option<PushRequest>> {
+    let rows = session.query(&format!("SELECT push FROM {OUTBOX_TABLE} ORDER BY through_seq DESC LIMIT 1"), &[]).await?;
+    Ok(rows.first().and_then(|r| serde_json::from_str(&r.text("push")?).ok()))
+}
+
+/// Keeps a push before it is sent (replacing any older one).
+pub async fn set_outbox(session: &mut Session, push: &PushRequest) -> DbResult<()> {
+    session.execute(&format!("DELETE FROM {OUTBOX_TABLE}"), &[]).await?;
+    session
+        .execute(
+            &format!("INSERT INTO {OUTBOX_TABLE} (through_seq, push) VALUES (?, ?)"),
+            &[Value::Int(push.through_seq), serde_json::to_string(push).expect("pushes serialize").into()],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Forgets pushes answered up to `position`.
+pub async fn clear_outbox(session: &mut Session, position: i64) -> DbResult<()> {
+    session.execute(&format!("DELETE FROM {OUTBOX_TABLE} WHERE through_seq <= ?"), &[Value::Int(position)]).await?;
     Ok(())
 }
 
@@ -845,7 +878,13 @@ pub enum Attempt {
 /// that mean the database is unavailable escape (the caller rolls back the whole message).
 pub async fn attempt(session: &mut Session, receiver: &Receiver<'_>, item: &Item, base: Option<&Base>, cache: &mut LookupCache) -> Result<Attempt, ApplyError> {
     session.execute_script("SAVEPOINT feedsync_item").await.map_err(|e| unavailable(item, e))?;
-    let outcome = receive(session, receiver, item, base, cache).await;
+    let outcome = match receive(session, receiver, item, base, cache).await {
+        // A deadlock has made MySQL roll back the whole transaction, savepoint included:
+        // undoing to the savepoint would fail, and that error would hide the cause. The
+        // caller rolls the transaction back.
+        Err(e) if e.is_retryable() => return Err(e),
+        other => other,
+    };
     let undo = !matches!(outcome, Ok(Received::Done { .. }));
     if undo {
         session.execute_script("ROLLBACK TO SAVEPOINT feedsync_item").await.map_err(|e| unavailable(item, e))?;
