@@ -132,6 +132,10 @@ pub async fn sequence_batch(session: &mut Session, model: &Model, config: &Confi
         // READ COMMITTED: each statement sees the latest commits and takes no gap locks, so
         // OpenMRS writers appending to the journal are never blocked by the sequencer.
         session.execute_script("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+        // Outside the transaction: an INSERT IGNORE there would take a shared lock on the row
+        // that the FOR UPDATE below must upgrade, and two sequencers (a district's publisher and
+        // its child rounds) would deadlock on the upgrade.
+        ensure_lock_row(session).await?;
     }
     session.begin().await?;
     match sequence_in_transaction(session, model, config).await {
@@ -150,7 +154,6 @@ async fn sequence_in_transaction(session: &mut Session, model: &Model, config: &
     let dialect = session.dialect();
     if dialect == Dialect::MySql {
         // One sequencer at a time per database, even with two publishers running.
-        ensure_lock_row(session).await?;
         session.query(&format!("SELECT value FROM {STATE_TABLE} WHERE name = 'sequencer' FOR UPDATE"), &[]).await?;
     }
     let limit = config.feed.sequencer_batch_rows_max;
