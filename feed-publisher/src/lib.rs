@@ -2,12 +2,16 @@
 //! links and serves each entity's current state. The binary in `main.rs` is a thin CLI over
 //! these modules; tests and benchmarks drive them directly.
 
+pub mod alerts;
 pub mod atom;
 pub mod config;
+pub mod dashboard;
 pub mod feed;
+pub mod metrics;
 pub mod network;
 pub mod sequencer;
 pub mod server;
+pub mod status;
 pub mod testing;
 pub mod usb;
 

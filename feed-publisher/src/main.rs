@@ -45,6 +45,9 @@ enum Command {
     Check(Common),
     /// Serve the feeds, resources and batch fetch over HTTP, publishing new changes as they commit.
     Serve(ServeArgs),
+    /// This server and its children at a glance: problems first (alerts, each with what to do),
+    /// then the journal, events, held changes and conflicts here, and every child.
+    Status(StatusArgs),
     /// Try it with nothing installed: an OpenMRS schema in SQLite, seeded with a simulated
     /// clinic's records, captured and served.
     Demo(DemoArgs),
@@ -165,6 +168,15 @@ struct Common {
     /// TOML config file; see examples/feed-publisher.toml for every key and its default.
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Machine-readable output (the same JSON as GET /ws/feedsync/status).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -310,6 +322,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Child(command) => child_command(command).await?,
         Command::Conflicts(command) => feedsync_shared::cli::conflicts(command).await?,
         Command::Usb(command) => usb_command(command).await?,
+        Command::Status(args) => {
+            let config = load_config(&args.common)?;
+            config.validate()?;
+            let database = Database::from_url(&config.database_url)?;
+            let mut session = database.session().await?;
+            if !capture::list_tables(&mut session).await?.iter().any(|t| t == capture::EVENT_TABLE) {
+                bail!("capture is not installed on {}: run `feed-publisher install --db ...` first", database.display_name());
+            }
+            let status = feed_publisher::status::Status::compute(&mut session, &config).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", feed_publisher::status::render_text(&status, &database.display_name()));
+            }
+            drop(session);
+            database.close().await;
+        }
     }
     Ok(())
 }
@@ -420,11 +449,13 @@ async fn serve_until_stopped(database: Database, model: Model, config: Config, d
         println!("database:   {} (write to it and watch the feed grow); Ctrl-C stops", app.database.display_name());
     }
     let sequencer = tokio::spawn(server::run_sequencer(app.clone(), stopped.clone()));
+    let alerts = tokio::spawn(feed_publisher::status::run_alerts(app.clone(), stopped.clone()));
     let http = tokio::spawn(server::serve(app.clone(), listener, stopped));
     tokio::signal::ctrl_c().await?;
     tracing::info!("stopping");
     let _ = stop.send(true);
     let _ = sequencer.await;
+    let _ = alerts.await;
     let _ = http.await;
     Ok(())
 }

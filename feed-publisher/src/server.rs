@@ -45,6 +45,8 @@ pub struct App {
     pub installed_at: String,
     requests: Semaphore,
     archived_pages: std::sync::Mutex<PageCache>,
+    /// Requests answered, by route class and status, and their durations (`/metrics`).
+    pub http_metrics: crate::metrics::HttpMetrics,
 }
 
 impl App {
@@ -72,6 +74,7 @@ impl App {
             installed_at,
             requests,
             archived_pages: std::sync::Mutex::new(PageCache::default()),
+            http_metrics: Default::default(),
         })
     }
 }
@@ -125,11 +128,29 @@ pub(crate) struct Reply {
     etag: bool,
     /// Already compressed body and digest, when cached.
     cached: Option<Arc<CachedPage>>,
+    /// Set after the common headers, replacing any of the same name (dashboard: security
+    /// headers, cookies, redirects).
+    headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl Reply {
     pub(crate) fn json(status: StatusCode, body: Vec<u8>, etag: bool) -> Reply {
-        Reply { status, content_type: "application/json", body: body.into(), immutable: false, etag, cached: None }
+        Reply { status, content_type: "application/json", body: body.into(), immutable: false, etag, cached: None, headers: Vec::new() }
+    }
+
+    /// Any body, with a weak ETag.
+    pub(crate) fn new(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
+        Reply { status, content_type, body, immutable: false, etag: true, cached: None, headers: Vec::new() }
+    }
+
+    pub(crate) fn no_etag(mut self) -> Reply {
+        self.etag = false;
+        self
+    }
+
+    pub(crate) fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Reply {
+        self.headers.push((name, value));
+        self
     }
 }
 
@@ -219,17 +240,24 @@ fn finish(reply: Reply, request_headers: &hyper::HeaderMap) -> HttpResponse {
     }
     let cache = if reply.immutable { "public, max-age=31536000, immutable" } else { "no-cache" };
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    for (name, value) in reply.headers {
+        headers.insert(name, value);
+    }
     response
 }
 
 /// Handles one request; never panics on bad input and always answers.
 pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> HttpResponse {
+    let started = std::time::Instant::now();
+    let route_class = crate::metrics::route_class(request.uri().path(), &app.config.server.path_prefix);
     let _permit = app.requests.acquire().await.expect("semaphore open");
     let headers = request.headers().clone();
-    match route(&app, request).await {
+    let response = match route(&app, request).await {
         Ok(reply) => finish(reply, &headers),
         Err(e) => error_response(e),
-    }
+    };
+    app.http_metrics.record(route_class, response.status().as_u16(), started.elapsed());
+    response
 }
 
 async fn route(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError> {
@@ -261,6 +289,15 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
     }
     if let Some(rest) = path.strip_prefix(NETWORK_PATH) {
         return crate::network::route(app, request, rest).await;
+    }
+    if crate::dashboard::handles(&path) {
+        return crate::dashboard::route(app, request, &path).await;
+    }
+    if path == crate::metrics::METRICS_PATH {
+        return crate::metrics::route(app, &request).await;
+    }
+    if path == crate::status::STATUS_PATH {
+        return crate::status::route(app, &request).await;
     }
     if path == HEALTH_PATH {
         return health(app).await;
@@ -335,7 +372,7 @@ async fn feed_page(app: &App, request: &Request<Incoming>, feed: &str, page: &st
 }
 
 fn page_reply(body: Bytes, immutable: bool, cached: Option<Arc<CachedPage>>) -> Reply {
-    Reply { status: StatusCode::OK, content_type: "application/atom+xml; charset=utf-8", body, immutable, etag: true, cached }
+    Reply { status: StatusCode::OK, content_type: "application/atom+xml; charset=utf-8", body, immutable, etag: true, cached, headers: Vec::new() }
 }
 
 async fn feed_list(app: &App) -> Result<Reply, HttpError> {
@@ -481,6 +518,11 @@ pub async fn run_sequencer(app: Arc<App>, mut shutdown: tokio::sync::watch::Rece
     }
 }
 
+/// The client's address, put on each request by [`serve`] (the dashboard serves only this
+/// machine unless an admin token is set).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
 /// Accepts connections until `shutdown` fires.
 pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
     loop {
@@ -498,7 +540,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: tokio::sy
         };
         let app = app.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
                 let app = app.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(app, request).await) }
             });

@@ -292,6 +292,8 @@ pub async fn import(session: &mut Session, model: &Model, policy: &PolicyConfig,
         check_bases(&child.name, child.acked_seq, export.push_after, &pushes)?;
     }
     let mut answered = Vec::with_capacity(pushes.len());
+    let items_total: usize = pushes.iter().map(|(push, _)| push.items.len()).sum();
+    let progress = feedsync_shared::progress::Progress::new("USB import", "items", Some(items_total as u64));
     for (push, _) in pushes {
         // The reply echoes the push without bases: the child's answer handling needs none.
         let mut echoed = push.clone();
@@ -304,8 +306,11 @@ pub async fn import(session: &mut Session, model: &Model, policy: &PolicyConfig,
                 PushStatus::Held => imported.held += 1,
             }
         }
+        let done = imported.applied + imported.already + imported.held;
+        progress.update(done as u64, format!("from {}: {} applied, {} held", child.name, imported.applied, imported.held));
         answered.push(AnsweredPush { push: echoed, response });
     }
+    drop(progress);
     touch_last_contact(session, &child.name).await?;
 
     // The push may have added patients to the child's catchment: changes are read after it.

@@ -323,6 +323,8 @@ impl Subscriber {
     /// Follows every feed until each is caught up and the queue makes no more progress.
     pub async fn sync_until_caught_up(&self, feeds: &[String]) -> Result<Progress, SyncError> {
         let mut total = Progress::default();
+        // An Atom feed does not say how many entries follow a marker: the count has no total.
+        let progress = feedsync_shared::progress::Progress::new("catch-up", "entries", None);
         for feed in feeds {
             loop {
                 let p = self.sync_batch(feed).await?;
@@ -330,12 +332,20 @@ impl Subscriber {
                 total.applied += p.applied;
                 total.queued += p.queued;
                 total.unblocked += p.unblocked;
+                progress.update(
+                    total.entries_read as u64,
+                    format!("{} applied, {} queued · {feed}", feedsync_shared::progress::thousands((total.applied + total.unblocked) as u64), total.queued),
+                );
                 if p.caught_up || p.entries_read == 0 {
                     break;
                 }
-                tracing::info!(feed = %feed, read = total.entries_read, applied = total.applied, queued = total.queued, "catching up");
+                // The progress line says the same on a terminal.
+                if !progress.is_visible() {
+                    tracing::info!(feed = %feed, read = total.entries_read, applied = total.applied, queued = total.queued, "catching up");
+                }
             }
         }
+        drop(progress);
         let mut session = self.database.session().await?;
         total.unblocked += self.drain_queue(&mut session).await?;
         total.caught_up = true;

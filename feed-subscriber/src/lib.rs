@@ -4,7 +4,9 @@
 
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod engine;
+pub mod metrics;
 pub mod network;
 pub mod reader;
 pub mod state;

@@ -185,6 +185,91 @@ struct RunArgs {
     /// This child's token, from `feed-publisher child add` at the parent.
     #[arg(long, env = "FEEDSYNC_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while running, e.g. 127.0.0.1:9187 (no
+    /// authentication: keep it on loopback or a network only the monitoring host reaches).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+}
+
+/// `--metrics-listen`: starts the metrics listener (it stops when the returned sender drops).
+async fn start_metrics(
+    address: Option<&str>,
+    database: &Database,
+) -> anyhow::Result<(std::sync::Arc<feed_subscriber::metrics::Metrics>, Option<tokio::sync::watch::Sender<bool>>)> {
+    use feed_subscriber::metrics;
+    let counters = std::sync::Arc::new(metrics::Metrics::default());
+    let Some(address) = address else { return Ok((counters, None)) };
+    let listener =
+        metrics::bind(address).await.with_context(|| format!("cannot listen on {address} for metrics (in use? try --metrics-listen 127.0.0.1:PORT)"))?;
+    tracing::info!(listen = %listener.local_addr()?, "metrics at /metrics");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(metrics::serve(counters.clone(), database.clone(), listener, stopped));
+    Ok((counters, Some(stop)))
+}
+
+/// The network part of `status` as JSON: `null` unless this database syncs as a child.
+async fn network_status(session: &mut feedsync_shared::db::Session) -> anyhow::Result<Option<feed_subscriber::network::ChildStatus>> {
+    if !feed_subscriber::network::is_child(session).await? {
+        return Ok(None);
+    }
+    for ddl in feedsync_shared::exchange::network_ddl(session.dialect()) {
+        session.execute_script(&ddl).await?;
+    }
+    Ok(Some(feed_subscriber::network::child_status(session).await?))
+}
+
+fn network_status_json(status: &feed_subscriber::network::ChildStatus) -> serde_json::Value {
+    serde_json::json!({
+        "push_through": status.push_through,
+        "pull_after": status.pull_after,
+        "last_event": status.last_event,
+        "pending_push": status.pending_push,
+        "held_total": status.held.len(),
+        "held": status.held.iter().map(|h| serde_json::json!({
+            "id": h.id, "table": h.item.table, "key": h.item.key, "reason": h.reason, "attempts": h.attempts, "received_at": h.received_at,
+        })).collect::<Vec<_>>(),
+        "open_conflicts": status.open_conflicts,
+        "conflicts": status.conflicts.iter().map(|c| serde_json::json!({
+            "id": c.id, "table": c.table, "key": c.key, "category": c.category, "fields": c.fields, "winner": c.winner, "detected_at": c.detected_at,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Held items listed in the text `status` (all are in `--json`, up to 1,000).
+const STATUS_HELD_LISTED_MAX: usize = 50;
+
+fn print_network_status(status: &feed_subscriber::network::ChildStatus) {
+    println!("as a child of its parent:");
+    println!(
+        "  pushed: the parent has accepted own events through {} of {}; {} changes not yet accepted{}",
+        status.push_through,
+        status.last_event,
+        status.pending_push,
+        if status.pending_push > 0 { " (the next round pushes them)" } else { "" }
+    );
+    println!("  pulled: the parent's changes applied through its event {}", status.pull_after);
+    if status.held.is_empty() {
+        println!("  held here: none");
+    } else {
+        println!("  held here: {} changes from the parent wait until they can apply (failed events); each is retried every round", status.held.len());
+        for h in status.held.iter().take(STATUS_HELD_LISTED_MAX) {
+            println!("    held #{} {} {}: {} ({} attempts, since {})", h.id, h.item.table, h.item.key, h.reason, h.attempts, h.received_at);
+        }
+        if status.held.len() > STATUS_HELD_LISTED_MAX {
+            println!("    ... and {} more (--json lists them)", status.held.len() - STATUS_HELD_LISTED_MAX);
+        }
+    }
+    if status.open_conflicts == 0 {
+        println!("  open conflicts here: none");
+    } else {
+        println!(
+            "  open conflicts here: {}; both versions are kept: `feed-subscriber conflicts list --db ...` shows them, `conflicts resolve --db ... ID --take mine|theirs` resolves one",
+            status.open_conflicts
+        );
+        for c in &status.conflicts {
+            println!("    conflict #{} {} {}: {} (kept for now: {}'s, since {})", c.id, c.table, c.key, c.fields.join(", "), c.winner, c.detected_at);
+        }
+    }
 }
 
 /// Longest wait at exit for OpenMRS to be told about the last rows applied.
@@ -259,6 +344,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.feeds = args.feeds.clone();
             }
             if let Some(spec) = &args.sink {
+                anyhow::ensure!(args.metrics_listen.is_none(), "--metrics-listen works with a database or --parent, not yet with --sink");
                 return run_into_sink(&config, spec, args.state_db.as_deref(), args.once).await;
             }
             if let Some(db) = args.db {
@@ -267,7 +353,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(parent) = &args.parent {
                 let token = args.token.as_deref().context("--parent needs --token TOKEN (printed by `feed-publisher child add` at the parent)")?;
                 anyhow::ensure!(!config.database_url.is_empty(), "no database given: pass --db URL");
-                return run_child(&config, parent, token, args.once).await;
+                return run_child(&config, parent, token, args.once, args.metrics_listen.as_deref()).await;
             }
             config.validate()?;
             let database = Database::from_url(&config.database_url)?;
@@ -277,6 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(!model.entities.is_empty(), "{} holds no OpenMRS tables: load an OpenMRS schema first", database.display_name());
             state::prepare(&mut session).await?;
             drop(session);
+            let (metrics, _metrics_stop) = start_metrics(args.metrics_listen.as_deref(), &database).await?;
             let password = std::env::var("FEEDSYNC_OPENMRS_PASSWORD").ok();
             let notifier = config.notifier_config(&database, password.as_deref()).map(Notifier::new);
             let mut subscriber = Subscriber::new(database, model, HttpClient::new(Default::default()), config.path_prefix.clone());
@@ -286,6 +373,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let result = async {
                 if args.once {
                     let p = subscriber.sync_until_caught_up(&config.feeds).await?;
+                    metrics.record_sync(&p);
                     println!(
                         "caught up: {} entries read, {} applied, {} queued, {} queued earlier now applied",
                         p.entries_read, p.applied, p.queued, p.unblocked
@@ -295,9 +383,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 loop {
                     tokio::select! {
                         result = subscriber.sync_until_caught_up(&config.feeds) => match result {
-                            Ok(p) if p.entries_read > 0 || p.unblocked > 0 => tracing::info!(read = p.entries_read, applied = p.applied, queued = p.queued, unblocked = p.unblocked, "synced"),
-                            Ok(_) => {}
-                            Err(e) if e.is_retryable() => tracing::warn!(error = %e, "will retry"),
+                            Ok(p) => {
+                                metrics.record_sync(&p);
+                                if p.entries_read > 0 || p.unblocked > 0 {
+                                    tracing::info!(read = p.entries_read, applied = p.applied, queued = p.queued, unblocked = p.unblocked, "synced");
+                                }
+                            }
+                            Err(e) if e.is_retryable() => {
+                                metrics.record_error(&e.to_string());
+                                tracing::warn!(error = %e, "will retry");
+                            }
                             Err(e) => return Err(anyhow::Error::from(e)),
                         },
                         _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -315,8 +410,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             state::prepare(&mut session).await?;
             let feeds = state::all_feeds(&mut session).await?;
             let changes = state::all_changes(&mut session, state::QUEUE_PAGE_ROWS_MAX).await?;
+            let network = network_status(&mut session).await?;
             if args.json {
                 let json = serde_json::json!({
+                    "network": network.as_ref().map(network_status_json),
                     "feeds": feeds.iter().map(|f| serde_json::json!({
                         "feed": f.feed_url, "marker_entry_id": f.marker_entry_id, "marker_page_url": f.marker_page_url,
                         "entries_read": f.entries_read, "last_read_at": f.last_read_at, "last_error": f.last_error,
@@ -358,6 +455,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
                 println!("{waiting} waiting, {failed} failed");
+                if let Some(network) = &network {
+                    println!();
+                    print_network_status(network);
+                }
             }
             drop(session);
             database.close().await;
@@ -411,12 +512,14 @@ async fn open_child(db: &str, parent: &str, token: &str) -> anyhow::Result<Child
 
 /// `run --parent URL --token TOKEN`: rounds of push and pull; with --once until a round moves
 /// nothing, then exit 0.
-async fn run_child(config: &Config, parent: &str, token: &str, once: bool) -> anyhow::Result<()> {
+async fn run_child(config: &Config, parent: &str, token: &str, once: bool, metrics_listen: Option<&str>) -> anyhow::Result<()> {
     let child = open_child(&config.database_url, parent, token).await?;
+    let (metrics, _metrics_stop) = start_metrics(metrics_listen, &child.database).await?;
     eprintln!("preparing {} (capture tables and triggers; the first time, a snapshot)...", child.database.display_name());
     child.prepare().await?;
     if once {
         let r = child.sync_until_idle(1_000).await?;
+        metrics.record_round(&r);
         println!(
             "in step with {parent}: {} pushed ({} held at the parent, {} not allowed), {} received ({} held here), {} conflicts recorded",
             r.pushed, r.held_at_parent, r.not_allowed, r.pulled, r.held_here, r.conflicts
@@ -426,9 +529,16 @@ async fn run_child(config: &Config, parent: &str, token: &str, once: bool) -> an
     loop {
         tokio::select! {
             result = child.round() => match result {
-                Ok(r) if r.moved() => tracing::info!(pushed = r.pushed, received = r.pulled, held_here = r.held_here, conflicts = r.conflicts, "round"),
-                Ok(_) => {}
-                Err(e) if e.is_retryable() => tracing::warn!(error = %e, "parent unreachable; will retry"),
+                Ok(r) => {
+                    metrics.record_round(&r);
+                    if r.moved() {
+                        tracing::info!(pushed = r.pushed, received = r.pulled, held_here = r.held_here, conflicts = r.conflicts, "round");
+                    }
+                }
+                Err(e) if e.is_retryable() => {
+                    metrics.record_error(&e.to_string());
+                    tracing::warn!(error = %e, "parent unreachable; will retry");
+                }
                 Err(e) => return Err(e.into()),
             },
             _ = tokio::signal::ctrl_c() => return Ok(()),

@@ -29,9 +29,10 @@ use feedsync_shared::search::Candidate;
 
 use crate::client::{ClientError, HttpClient};
 
-/// State names in `feedsync_state`.
-const PUSH_THROUGH: &str = "network.push_through";
-const PULL_AFTER: &str = "network.pull_after";
+/// State names in `feedsync_state`: the last own event the parent acknowledged, and the last
+/// parent event applied here.
+pub const PUSH_THROUGH: &str = "network.push_through";
+pub const PULL_AFTER: &str = "network.pull_after";
 /// Messages per direction in one round at most (a round ends earlier when caught up).
 const MESSAGES_PER_ROUND_MAX: usize = 10_000;
 
@@ -289,16 +290,7 @@ impl<L: ParentLink> ChildNode<L> {
     pub async fn status_report(&self, round: RoundSummary, done_commands: Vec<CommandResult>) -> Result<ChildReport, ChildError> {
         const LISTED_MAX: usize = 100;
         let mut session = self.database.session().await?;
-        let push_through = state_i64(&mut session, PUSH_THROUGH).await?;
-        let pending_push = session
-            .query(
-                &format!("SELECT COUNT(*) AS n FROM {} WHERE event_seq > ? AND (origin IS NULL OR origin LIKE 'child:%')", capture::EVENT_TABLE),
-                &[Value::Int(push_through)],
-            )
-            .await?
-            .first()
-            .and_then(|r| r.i64("n"))
-            .unwrap_or_default();
+        let pending_push = pending_push(&mut session).await?;
         let held = exchange::held_items(&mut session, Some(PEER_PARENT), 100_000).await?;
         let conflicts = exchange::list_conflicts(&mut session, false, 100_000).await?;
         Ok(ChildReport {
@@ -322,16 +314,34 @@ impl<L: ParentLink> ChildNode<L> {
             sequenced: feed_publisher::sequencer::drain(&mut session, &self.model, &self.sequencer_config, MESSAGES_PER_ROUND_MAX).await?,
             ..RoundReport::default()
         };
+        // On a terminal, a line says how far the round is (positions are read only for it).
+        let progress = feedsync_shared::progress::Progress::new("push to parent", "own events", None);
+        let push_from = if progress.is_visible() { state_i64(&mut session, PUSH_THROUGH).await? } else { 0 };
+        if progress.is_visible() {
+            let last = session.query(&format!("SELECT COALESCE(MAX(event_seq), 0) AS n FROM {}", capture::EVENT_TABLE), &[]).await?;
+            progress.set_total(Some(last.first().and_then(|r| r.i64("n")).unwrap_or_default().saturating_sub(push_from).max(0) as u64));
+        }
         for _ in 0..MESSAGES_PER_ROUND_MAX {
             if !self.push_once(&mut session, &hello, &mut report).await? {
                 break;
             }
+            if progress.is_visible() {
+                let at = state_i64(&mut session, PUSH_THROUGH).await?;
+                progress.update((at - push_from).max(0) as u64, format!("{} entities pushed, {} held at the parent", report.pushed, report.held_at_parent));
+            }
         }
+        let pull_from = if progress.is_visible() { state_i64(&mut session, PULL_AFTER).await? } else { 0 };
+        progress.stage("pull from parent", "parent events", Some(hello.last_seq.saturating_sub(pull_from).max(0) as u64));
         for _ in 0..MESSAGES_PER_ROUND_MAX {
             if !self.pull_once(&mut session, &hello, &mut report).await? {
                 break;
             }
+            if progress.is_visible() {
+                let at = state_i64(&mut session, PULL_AFTER).await?;
+                progress.update((at - pull_from).max(0) as u64, format!("{} entities received, {} held here", report.pulled, report.held_here));
+            }
         }
+        drop(progress);
         report.unheld += self.retry_held(&mut session, &hello).await?;
         Ok(report)
     }
@@ -659,8 +669,37 @@ pub struct ChildStatus {
     pub push_through: i64,
     pub pull_after: i64,
     pub last_event: i64,
+    /// Own events (and its own children's) the parent has not acknowledged.
+    pub pending_push: i64,
     pub held: Vec<exchange::HeldItem>,
     pub open_conflicts: usize,
+    /// The newest open conflicts, at most [`STATUS_CONFLICTS_LISTED_MAX`].
+    pub conflicts: Vec<exchange::Conflict>,
+}
+
+/// Open conflicts `child_status` lists (all are counted).
+pub const STATUS_CONFLICTS_LISTED_MAX: usize = 100;
+
+/// Whether this database has synced as a child (it has a push or pull position).
+pub async fn is_child(session: &mut Session) -> Result<bool, DbError> {
+    if !capture::list_tables(session).await?.iter().any(|t| t == capture::STATE_TABLE) {
+        return Ok(false);
+    }
+    Ok(capture::state(session, PUSH_THROUGH).await?.is_some() || capture::state(session, PULL_AFTER).await?.is_some())
+}
+
+/// Own events (and those of this node's own children) the parent has not acknowledged yet.
+pub async fn pending_push(session: &mut Session) -> Result<i64, DbError> {
+    let push_through = state_i64(session, PUSH_THROUGH).await?;
+    Ok(session
+        .query(
+            &format!("SELECT COUNT(*) AS n FROM {} WHERE event_seq > ? AND (origin IS NULL OR origin LIKE 'child:%')", capture::EVENT_TABLE),
+            &[Value::Int(push_through)],
+        )
+        .await?
+        .first()
+        .and_then(|r| r.i64("n"))
+        .unwrap_or_default())
 }
 
 pub async fn child_status(session: &mut Session) -> Result<ChildStatus, DbError> {
@@ -670,11 +709,19 @@ pub async fn child_status(session: &mut Session) -> Result<ChildStatus, DbError>
         .first()
         .and_then(|r| r.i64("n"))
         .unwrap_or_default();
+    let open_conflicts = session
+        .query(&format!("SELECT COUNT(*) AS n FROM {} WHERE status = 'open'", exchange::CONFLICT_TABLE), &[])
+        .await?
+        .first()
+        .and_then(|r| r.i64("n"))
+        .unwrap_or_default();
     Ok(ChildStatus {
         push_through: state_i64(session, PUSH_THROUGH).await?,
         pull_after: state_i64(session, PULL_AFTER).await?,
         last_event,
+        pending_push: pending_push(session).await?,
         held: exchange::held_items(session, Some(PEER_PARENT), 1_000).await?,
-        open_conflicts: exchange::list_conflicts(session, false, 100_000).await?.len(),
+        open_conflicts: open_conflicts.max(0) as usize,
+        conflicts: exchange::list_conflicts(session, false, STATUS_CONFLICTS_LISTED_MAX as i64).await?,
     })
 }

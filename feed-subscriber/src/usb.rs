@@ -423,12 +423,17 @@ pub async fn import_reply<L: ParentLink>(node: &ChildNode<L>, token: &str, bytes
         report.pushes_stale = reply.pushes.len();
         report.pages_skipped = reply.changes.len();
     } else {
+        let items_total: usize = reply.pushes.iter().map(|a| a.response.results.len()).chain(reply.changes.iter().map(|page| page.items.len())).sum();
+        let progress = feedsync_shared::progress::Progress::new("USB import", "items", Some(items_total as u64));
+        let mut items_done = 0;
         for answered in &reply.pushes {
             if node.apply_push_reply(&mut session, &reply.hello, &answered.push, &answered.response, &mut report.round).await? {
                 report.pushes_applied += 1;
             } else {
                 report.pushes_stale += 1;
             }
+            items_done += answered.response.results.len();
+            progress.update(items_done as u64, "the parent's answers to this child's changes");
         }
         // Pages apply only as a chain from exactly this child's position: a later page alone
         // (after online sync moved the position onto its start) was read before the changes
@@ -442,8 +447,11 @@ pub async fn import_reply<L: ParentLink>(node: &ChildNode<L>, token: &str, bytes
                 report.pages_applied += 1;
                 report.changes_received += page.items.len();
                 after = page.through;
+                items_done += page.items.len();
+                progress.update(items_done as u64, format!("the parent's changes: {} received", report.changes_received));
             }
         }
+        drop(progress);
         report.pages_skipped = reply.changes.len() - report.pages_applied;
     }
     let applied_something = report.pushes_applied + report.pages_applied > 0;

@@ -327,13 +327,16 @@ pub async fn install(session: &mut Session, model: &Model) -> DbResult<InstallRe
             session.execute_script("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
         }
         session.begin().await?;
+        let progress = crate::progress::Progress::new("snapshot", "tables", Some(model.snapshot_order.len() as u64));
         let result = async {
             let mut rows = 0;
-            for table in &model.snapshot_order {
+            for (done, table) in model.snapshot_order.iter().enumerate() {
+                progress.update(done as u64, format!("journaling {table}; {} rows so far", crate::progress::thousands(rows)));
                 if let Some(sql) = snapshot_sql(model, dialect, table, "CREATED") {
                     rows += session.execute(&sql, &[]).await?;
                 }
             }
+            drop(progress);
             set_state(session, "snapshot_done", &chrono::Utc::now().to_rfc3339()).await?;
             set_state(session, "capture_version", CAPTURE_VERSION).await?;
             Ok::<u64, crate::db::DbError>(rows)

@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod bundle;
 pub mod capture;
+pub mod clinic;
 pub mod cli;
 pub mod compare;
 pub mod db;
@@ -13,6 +14,7 @@ pub mod merge;
 pub mod model;
 pub mod mysql_dump;
 pub mod profile;
+pub mod progress;
 pub mod resource;
 pub mod schema;
 pub mod search;
