@@ -87,14 +87,31 @@ async fn parent_and_three_children_on_sqlite() {
     let middle = "SELECT middle_name FROM person_name WHERE uuid = ?";
     assert_eq!(one_text(net.db("south"), middle, &[name_uuid.as_str().into()]).await.as_deref(), Some("Chikondi"));
     exec(net.db("south"), "UPDATE person SET birthdate_estimated = 1 WHERE uuid = ?", &[patient.as_str().into()]).await;
+    // South sees the patient: a new encounter there.
+    let encounter = "00000000-0000-4000-8000-0000000e0001";
+    exec(
+        net.db("south"),
+        "INSERT INTO encounter (encounter_type, patient_id, location_id, encounter_datetime, creator, date_created, voided, uuid) \
+         SELECT (SELECT encounter_type_id FROM encounter_type WHERE name = 'Consultation'), pe.person_id, (SELECT MIN(location_id) FROM location), \
+         '2024-06-01 09:30:00', 1, '2024-06-01 09:30:00', 0, ? FROM person pe WHERE pe.uuid = ?",
+        &[encounter.into(), patient.as_str().into()],
+    )
+    .await;
     net.settle().await;
     let estimated = "SELECT birthdate_estimated FROM person WHERE uuid = ?";
+    let encounter_of = "SELECT pe.uuid FROM encounter e JOIN person pe ON pe.person_id = e.patient_id WHERE e.uuid = ?";
     for site in ["north", "parent"] {
         assert_eq!(one_text(net.db(site), estimated, &[patient.as_str().into()]).await.as_deref(), Some("1"), "{site}");
+        assert_eq!(one_text(net.db(site), encounter_of, &[encounter.into()]).await.as_deref(), Some(patient.as_str()), "south's encounter at {site}");
     }
     assert!(!patient_uuids(net.db("east")).await.contains(&patient));
-    let east_rows = one_text(net.db("east"), "SELECT COUNT(*) FROM person WHERE uuid = ?", &[patient.as_str().into()]).await;
-    assert_eq!(east_rows.as_deref(), Some("0"));
+    for (table, column) in [("person", "uuid"), ("encounter", "uuid")] {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE {column} IN (?, ?)");
+        assert_eq!(one_text(net.db("east"), &sql, &[patient.as_str().into(), encounter.into()]).await.as_deref(), Some("0"), "east {table}");
+    }
+    let east_rows = "SELECT (SELECT COUNT(*) FROM person_name pn JOIN person pe ON pe.person_id = pn.person_id WHERE pe.uuid = ?) + \
+                     (SELECT COUNT(*) FROM patient_identifier pi JOIN person pe ON pe.person_id = pi.patient_id WHERE pe.uuid = ?)";
+    assert_eq!(one_text(net.db("east"), east_rows, &[patient.as_str().into(), patient.as_str().into()]).await.as_deref(), Some("0"), "east holds none of the patient's rows");
 
     // Both facilities edit the same name between rounds: different fields both survive; the
     // same field goes to the version that reached the parent first, and the other is kept.
