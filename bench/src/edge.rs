@@ -14,7 +14,8 @@ pub struct Hints {
 
 pub fn run_with_deadline(deadline_seconds: u64, hints: Hints, run: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let outcome = runtime.block_on(tokio::time::timeout(Duration::from_secs(deadline_seconds), run));
+    // The timer is made inside the runtime: tokio's timeout needs a running reactor.
+    let outcome = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(deadline_seconds), run).await });
     // Children (Node peers, dump clients) are killed on drop; give them no time to linger.
     runtime.shutdown_timeout(Duration::from_secs(5));
     match outcome {

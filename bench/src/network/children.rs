@@ -89,12 +89,14 @@ struct RequestSample {
     sent_bytes: u32,
     received_bytes: u32,
     ok: bool,
+    /// Items on a change page.
+    items: u32,
 }
 
-/// One round of a child (simulated or real).
+/// One round of a child (simulated or real), counted in the window it ended in.
 #[derive(Debug, Clone, Copy)]
 struct RoundSample {
-    at: Instant,
+    ended: Instant,
     ms: f32,
     ok: bool,
 }
@@ -103,7 +105,6 @@ struct RoundSample {
 struct Outcome {
     requests: Vec<RequestSample>,
     rounds: Vec<RoundSample>,
-    items_received: usize,
     pushes_applied: usize,
     last_error: Option<String>,
 }
@@ -117,6 +118,8 @@ pub struct KindFigures {
     pub latency_ms: Spread,
     pub sent_bytes_mean: f64,
     pub received_bytes_mean: f64,
+    /// Change pages: items per page.
+    pub items_mean: f64,
 }
 
 pub struct ChildrenReport {
@@ -127,7 +130,7 @@ pub struct ChildrenReport {
     pub rounds: usize,
     pub rounds_failed: usize,
     pub round_ms: Spread,
-    pub items_received: usize,
+    /// Pushes the parent applied, over the whole run.
     pub pushes_applied: usize,
     pub last_error: Option<String>,
     pub real_rounds: usize,
@@ -168,6 +171,11 @@ impl ChildrenReport {
     pub fn rss_kib_per_child(&self) -> Option<f64> {
         Some((self.memory_end?.rss_kib as f64 - self.memory_idle?.rss_kib as f64) / self.config.children as f64)
     }
+    /// Heads and bodies both ways, per child and minute of the window.
+    pub fn bytes_per_child_per_minute(&self) -> f64 {
+        let total: f64 = self.by_kind.iter().map(|k| (k.sent_bytes_mean + k.received_bytes_mean) * k.requests as f64).sum();
+        total / self.config.children as f64 / (self.window_seconds / 60.0)
+    }
     pub fn offered_rounds_per_second(&self) -> f64 {
         self.config.children as f64 / self.config.poll_interval.as_secs_f64()
     }
@@ -202,9 +210,10 @@ impl ChildrenReport {
                 "latency_ms": k.latency_ms.json(2),
                 "request_bytes_mean": round(k.sent_bytes_mean, 0),
                 "response_bytes_mean": round(k.received_bytes_mean, 0),
+                "items_per_response_mean": round(k.items_mean, 2),
             }))).collect::<serde_json::Map<_, _>>(),
-            "items_received": self.items_received,
-            "pushes_applied": self.pushes_applied,
+            "pushes_applied_whole_run": self.pushes_applied,
+            "bytes_per_child_per_minute": round(self.bytes_per_child_per_minute(), 0),
             "last_error": self.last_error,
             "real_children_rounds": self.real_rounds,
             "real_children_rounds_failed": self.real_rounds_failed,
@@ -359,12 +368,11 @@ pub async fn run(config: &ChildrenConfig) -> anyhow::Result<ChildrenReport> {
         let in_window = |at: Instant| at >= window_start && at < window_end;
         let mut requests: Vec<RequestSample> = Vec::new();
         let mut rounds: Vec<RoundSample> = Vec::new();
-        let (mut items_received, mut pushes_applied, mut last_error) = (0, 0, None);
+        let (mut pushes_applied, mut last_error) = (0, None);
         for task in sim_tasks {
             let outcome = task.await.context("a simulated child panicked")?;
             requests.extend(outcome.requests.into_iter().filter(|r| in_window(r.at)));
-            rounds.extend(outcome.rounds.into_iter().filter(|r| in_window(r.at)));
-            items_received += outcome.items_received;
+            rounds.extend(outcome.rounds.into_iter().filter(|r| in_window(r.ended)));
             pushes_applied += outcome.pushes_applied;
             last_error = outcome.last_error.or(last_error);
         }
@@ -372,7 +380,7 @@ pub async fn run(config: &ChildrenConfig) -> anyhow::Result<ChildrenReport> {
         let mut real_last_error = None;
         for task in real_tasks {
             let outcome = task.await.context("a real child panicked")?;
-            real_rounds.extend(outcome.rounds.into_iter().filter(|r| in_window(r.at)));
+            real_rounds.extend(outcome.rounds.into_iter().filter(|r| in_window(r.ended)));
             real_last_error = outcome.last_error.or(real_last_error);
         }
         let writes = writer.await.context("the writer panicked")??;
@@ -388,7 +396,6 @@ pub async fn run(config: &ChildrenConfig) -> anyhow::Result<ChildrenReport> {
             rounds: rounds.iter().filter(|r| r.ok).count(),
             rounds_failed: rounds.iter().filter(|r| !r.ok).count(),
             round_ms: ok_ms(&rounds),
-            items_received,
             pushes_applied,
             last_error,
             real_rounds: real_rounds.iter().filter(|r| r.ok).count(),
@@ -425,6 +432,7 @@ fn kind_figures(kind: Kind, requests: &[RequestSample]) -> KindFigures {
         latency_ms: common::spread(&of_kind.iter().map(|r| f64::from(r.ms)).collect::<Vec<_>>()),
         sent_bytes_mean: of_kind.iter().map(|r| f64::from(r.sent_bytes)).sum::<f64>() / n,
         received_bytes_mean: of_kind.iter().map(|r| f64::from(r.received_bytes)).sum::<f64>() / n,
+        items_mean: of_kind.iter().map(|r| f64::from(r.items)).sum::<f64>() / n,
     }
 }
 
@@ -458,7 +466,7 @@ async fn simulated_child(mut sim: SimChild, shared: Arc<Shared>, mut stopped: wa
             // A broken connection is replaced on the next round, as a real client's pool does.
             connection = None;
         }
-        outcome.rounds.push(RoundSample { at: started, ms: started.elapsed().as_secs_f32() * 1000.0, ok: result.is_ok() });
+        outcome.rounds.push(RoundSample { ended: Instant::now(), ms: started.elapsed().as_secs_f32() * 1000.0, ok: result.is_ok() });
         wait = common::jittered(config.poll_interval, config.jitter_percent, config.seed, &[sim.index as u64, round]);
     }
     outcome
@@ -487,7 +495,9 @@ impl SimChild {
                 break;
             }
             self.after = page.through;
-            outcome.items_received += page.items.len();
+            if let Some(sample) = outcome.requests.last_mut() {
+                sample.items = page.items.len() as u32;
+            }
             // The parent's newer version of the name becomes the base, as applying it would.
             if let Some(item) = page.items.iter().rev().find(|i| i.table == self.agreed.table && i.key == self.agreed.key) {
                 self.agreed.resource = item.resource.clone();
@@ -534,6 +544,7 @@ impl SimChild {
             sent_bytes: request.len() as u32,
             received_bytes: (response.head_bytes + response.body.len()) as u32,
             ok: response.status == 200,
+            items: 0,
         });
         ensure!(
             response.status == 200,
@@ -575,7 +586,7 @@ async fn real_child_loop(node: Arc<ChildNode<HttpParent>>, name: String, r: usiz
         if let Err(e) = &result {
             outcome.last_error = Some(format!("real-{r:02}: {e:#}"));
         }
-        outcome.rounds.push(RoundSample { at: started, ms: started.elapsed().as_secs_f32() * 1000.0, ok: result.is_ok() });
+        outcome.rounds.push(RoundSample { ended: Instant::now(), ms: started.elapsed().as_secs_f32() * 1000.0, ok: result.is_ok() });
         wait = common::jittered(config.poll_interval, config.jitter_percent, config.seed, &[r as u64, round, REAL_CHILD_SALT]);
     }
     outcome
@@ -668,17 +679,14 @@ pub fn print_table(reports: &[ChildrenReport]) {
         "bytes per changes poll: request, response",
         reports.iter().map(|r| format!("{:.0}, {:.0}", r.kind(Kind::Changes).sent_bytes_mean, r.kind(Kind::Changes).received_bytes_mean)).collect(),
     );
-    row("bytes per round, both ways", reports.iter().map(|r| number(bytes_per_round(r))).collect());
+    row("bytes per child per minute, both ways", reports.iter().map(|r| number(r.bytes_per_child_per_minute())).collect());
     row(
-        "changes polls per round; items received per round",
+        "changes polls per hello (per round); items per changes poll",
         reports
             .iter()
             .map(|r| {
-                format!(
-                    "{}; {}",
-                    number(r.kind(Kind::Changes).requests as f64 / r.rounds.max(1) as f64),
-                    number(r.items_received as f64 / r.rounds.max(1) as f64)
-                )
+                let changes = r.kind(Kind::Changes);
+                format!("{}; {}", number(changes.requests as f64 / r.kind(Kind::Hello).requests.max(1) as f64), number(changes.items_mean))
             })
             .collect(),
     );
@@ -730,11 +738,6 @@ fn latency(s: &Spread) -> String {
 fn latency_short(s: &Spread) -> String {
     use feedsync_bench::stats::number;
     format!("{} / {}", number(s.p50), number(s.p99))
-}
-
-fn bytes_per_round(r: &ChildrenReport) -> f64 {
-    let total: f64 = r.by_kind.iter().map(|k| (k.sent_bytes_mean + k.received_bytes_mean) * k.requests as f64).sum();
-    total / r.rounds.max(1) as f64
 }
 
 /// Ratios of a larger run to a smaller one: how the parent's cost grows per child.
