@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use feedsync_shared::capture::{self, EVENT_TABLE, JOURNAL_TABLE, hex};
 use feedsync_shared::db::{Dialect, Session, Value};
 use feedsync_shared::exchange::{
-    self, AUDIT_TABLE, CATCHMENT_TABLE, CHILD_TABLE, COMMAND_TABLE, CONFLICT_TABLE, CommandAction, Conflict, HeldItem, INBOX_TABLE, PEER_PARENT, Receiver,
+    self, AUDIT_TABLE, CATCHMENT_TABLE, COMMAND_TABLE, CONFLICT_TABLE, CommandAction, Conflict, HeldItem, INBOX_TABLE, PEER_PARENT, Receiver,
     ResolveError, RoundSummary, Take,
 };
 use feedsync_shared::merge::Side;
@@ -336,8 +336,6 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, path: &str) -> 
         Json::Null
     };
     let mut session = app.database.session().await?;
-    network::prepare(&mut session).await?;
-    prepare(&mut session).await?;
     let post = method == Method::POST;
     match (post, segments.as_slice()) {
         (false, ["overview"]) => Ok(api_json(&overview(&mut session, &query).await?)),
@@ -472,7 +470,6 @@ async fn login(app: &App, request: Request<Incoming>, peer: Option<SocketAddr>, 
         return Ok(plain_page(StatusCode::FORBIDDEN, prefix, "Log in", "That token was not accepted.", TOKEN_HINT, true));
     }
     let mut session = app.database.session().await?;
-    network::prepare(&mut session).await?;
     let from = peer.map_or_else(|| "an unknown address".to_owned(), |p| p.ip().to_string());
     exchange::audit(&mut session, AUDIT_ACTOR, "login", None, &format!("logged in from {from}")).await?;
     let cookie = format!("{COOKIE_NAME}={}; Path={prefix}/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Strict", cookie_for(&token));
@@ -500,7 +497,8 @@ fn round_ddl(dialect: Dialect) -> Vec<String> {
     }
 }
 
-async fn prepare(session: &mut Session) -> Result<(), HttpError> {
+/// Creates the dashboard's table; run once when the server starts ([`crate::server::App::new`]).
+pub(crate) async fn prepare(session: &mut Session) -> Result<(), feedsync_shared::db::DbError> {
     for ddl in round_ddl(session.dialect()) {
         session.execute_script(&ddl).await?;
     }
@@ -770,44 +768,10 @@ async fn context(session: &mut Session, query: &BTreeMap<String, String>) -> Res
     Ok(Context { now: db_now(session).await?, silent_after_s, conflicts_by_peer, recorded: last_recorded(session).await? })
 }
 
-/// The oldest event waiting for the child (its time), read the way `waiting_for_child` counts.
-async fn oldest_waiting_event(session: &mut Session, child: &Child) -> Result<Option<String>, HttpError> {
-    let after = session
-        .query(&format!("SELECT COALESCE(pulled_after, 0) AS n FROM {CHILD_TABLE} WHERE name = ?"), &[child.name.as_str().into()])
-        .await?
-        .first()
-        .and_then(|r| r.i64("n"))
-        .unwrap_or_default();
-    let own = exchange::child_origin(&child.name);
-    let metadata = format!(
-        "SELECT e.event_seq AS seq, e.changed_at AS at FROM {EVENT_TABLE} e WHERE e.event_seq > ? AND (e.origin IS NULL OR e.origin <> ?){} ORDER BY e.event_seq LIMIT 1",
-        if child.all_patients { "" } else { " AND e.patient_uuid IS NULL" }
-    );
-    let mut oldest: Option<(i64, String)> =
-        session.query(&metadata, &[Value::Int(after), own.as_str().into()]).await?.first().and_then(|r| Some((r.i64("seq")?, r.text("at")?)));
-    if !child.all_patients {
-        let sql = format!(
-            "SELECT e.event_seq AS seq, e.changed_at AS at FROM {CATCHMENT_TABLE} c JOIN {EVENT_TABLE} e ON e.patient_uuid = c.patient_uuid AND e.event_seq > ? \
-             WHERE c.child = ? AND (e.origin IS NULL OR e.origin <> ?) ORDER BY e.event_seq LIMIT 1"
-        );
-        let catchment = session
-            .query(&sql, &[Value::Int(after), child.name.as_str().into(), own.as_str().into()])
-            .await?
-            .first()
-            .and_then(|r| Some((r.i64("seq")?, r.text("at")?)));
-        if let Some(c) = catchment
-            && oldest.as_ref().is_none_or(|o| c.0 < o.0)
-        {
-            oldest = Some(c);
-        }
-    }
-    Ok(oldest.map(|(_, at)| at))
-}
-
 async fn child_status(session: &mut Session, child: &Child, cx: &Context) -> Result<ChildStatus, HttpError> {
     let report = network::child_report(session, &child.name).await.map_err(admin_error)?;
     let waiting_to_child = network::waiting_for_child(session, child).await?;
-    let oldest_to_child_at = if waiting_to_child > 0 { oldest_waiting_event(session, child).await? } else { None };
+    let oldest_to_child_at = if waiting_to_child > 0 { network::oldest_waiting_for_child(session, child).await? } else { None };
     if let Some((report, reported_at)) = &report
         && cx.recorded.get(&child.name).is_none_or(|last| last.as_str() < reported_at.as_str())
     {

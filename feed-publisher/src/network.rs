@@ -277,8 +277,9 @@ async fn authenticate(session: &mut Session, request: &Request<Incoming>) -> Res
 }
 
 pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> Result<Reply, HttpError> {
+    // The network tables were made when the server started (`App::new`), not per request:
+    // a child polls every few seconds.
     let mut session = app.database.session().await?;
-    prepare(&mut session).await?;
     let child = authenticate(&mut session, &request).await?;
     let query: BTreeMap<String, String> = request
         .uri()
@@ -493,9 +494,10 @@ pub async fn changes_read(session: &mut Session, model: &Model, child: &Child, a
     Ok(Changes { items, through, more: through < newest })
 }
 
-/// Events the child has not received yet (its metadata and catchment events after the last
-/// page it confirmed), counted the way [`changes`] reads them.
-pub async fn waiting_for_child(session: &mut Session, child: &Child) -> Result<i64, HttpError> {
+/// The queries reading what waits for a child: its metadata events and its catchment events
+/// after the last page it confirmed, minus its own (one query for an all-patients child).
+/// Each selects `select` over event alias `e` and ends with `tail` (an ORDER BY, a LIMIT).
+async fn waiting_queries(session: &mut Session, child: &Child, select: &str, tail: &str) -> Result<Vec<(String, Vec<Value>)>, HttpError> {
     let after = session
         .query(&format!("SELECT COALESCE(pulled_after, 0) AS n FROM {CHILD_TABLE} WHERE name = ?"), &[child.name.as_str().into()])
         .await?
@@ -503,19 +505,46 @@ pub async fn waiting_for_child(session: &mut Session, child: &Child) -> Result<i
         .and_then(|r| r.i64("n"))
         .unwrap_or_default();
     let own = exchange::child_origin(&child.name);
-    let metadata = format!(
-        "SELECT COUNT(*) AS n FROM {EVENT_TABLE} e WHERE e.event_seq > ? AND (e.origin IS NULL OR e.origin <> ?){}",
-        if child.all_patients { "" } else { " AND e.patient_uuid IS NULL" }
-    );
-    let mut total = session.query(&metadata, &[Value::Int(after), own.as_str().into()]).await?.first().and_then(|r| r.i64("n")).unwrap_or_default();
-    if !child.all_patients {
-        let sql = format!(
-            "SELECT COUNT(*) AS n FROM {CATCHMENT_TABLE} c JOIN {EVENT_TABLE} e ON e.patient_uuid = c.patient_uuid AND e.event_seq > ? \
-             WHERE c.child = ? AND (e.origin IS NULL OR e.origin <> ?)"
-        );
-        total += session.query(&sql, &[Value::Int(after), child.name.as_str().into(), own.as_str().into()]).await?.first().and_then(|r| r.i64("n")).unwrap_or_default();
+    let not_own = "(e.origin IS NULL OR e.origin <> ?)";
+    if child.all_patients {
+        return Ok(vec![(format!("SELECT {select} FROM {EVENT_TABLE} e WHERE e.event_seq > ? AND {not_own} {tail}"), vec![Value::Int(after), own.into()])]);
+    }
+    Ok(vec![
+        (
+            format!("SELECT {select} FROM {EVENT_TABLE} e WHERE e.event_seq > ? AND {not_own} AND e.patient_uuid IS NULL {tail}"),
+            vec![Value::Int(after), own.as_str().into()],
+        ),
+        (
+            format!(
+                "SELECT {select} FROM {CATCHMENT_TABLE} c JOIN {EVENT_TABLE} e ON e.patient_uuid = c.patient_uuid AND e.event_seq > ? \
+                 WHERE c.child = ? AND {not_own} {tail}"
+            ),
+            vec![Value::Int(after), child.name.as_str().into(), own.into()],
+        ),
+    ])
+}
+
+/// Events the child has not received yet, counted the way [`changes`] reads them.
+pub async fn waiting_for_child(session: &mut Session, child: &Child) -> Result<i64, HttpError> {
+    let mut total = 0;
+    for (sql, params) in waiting_queries(session, child, "COUNT(*) AS n", "").await? {
+        total += session.query(&sql, &params).await?.first().and_then(|r| r.i64("n")).unwrap_or_default();
     }
     Ok(total)
+}
+
+/// When the oldest event waiting for the child was made, if any waits.
+pub async fn oldest_waiting_for_child(session: &mut Session, child: &Child) -> Result<Option<String>, HttpError> {
+    let mut oldest: Option<(i64, String)> = None;
+    for (sql, params) in waiting_queries(session, child, "e.event_seq AS seq, e.changed_at AS at", "ORDER BY e.event_seq LIMIT 1").await? {
+        let first = session.query(&sql, &params).await?.first().and_then(|r| Some((r.i64("seq")?, r.text("at")?)));
+        if let Some(found) = first
+            && oldest.as_ref().is_none_or(|o| found.0 < o.0)
+        {
+            oldest = Some(found);
+        }
+    }
+    Ok(oldest.map(|(_, at)| at))
 }
 
 /// Records of rule-added patients still to send; those whose record went out with a page the

@@ -65,6 +65,10 @@ impl App {
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&chrono::Utc).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
             .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into());
+        // Tables the network routes and the dashboard use, made once here rather than on every
+        // request (a database installed by an older version lacks them).
+        crate::network::prepare(&mut session).await?;
+        crate::dashboard::prepare(&mut session).await?;
         let requests = Semaphore::new(config.limits.requests_in_flight_max);
         Ok(App {
             database,
