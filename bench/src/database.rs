@@ -1,5 +1,5 @@
 //! Fresh databases for each measurement: a uniquely named MariaDB database loaded from the real
-//! OpenMRS 2.5 dump (through `feedsync_shared::testing::TestDatabase`), capture installed on
+//! OpenMRS 2.5 dump (through `feedsync_sim::testdb::TestDatabase`), capture installed on
 //! request, dropped when the measurement is done. A fresh database per sample keeps one
 //! sample's journal, events and buffer-pool state from leaking into the next.
 
@@ -12,7 +12,7 @@ use feedsync_shared::capture::{self, InstallReport};
 use feedsync_shared::db::Database;
 use feedsync_shared::model::Model;
 use feedsync_shared::profile::Profile;
-use feedsync_shared::testing::{DEFAULT_TEST_MYSQL, Source, TestDatabase};
+use feedsync_sim::testdb::{DEFAULT_TEST_MYSQL, Source, TestDatabase};
 
 /// Longest the bench waits for pooled connections to close before dropping a database.
 const POOL_CLOSE_TIMEOUT_MS: u64 = 5_000;

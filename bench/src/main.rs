@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use feed_publisher::config::Config;
-use feedsync_shared::workload::{self, WorkloadConfig};
+use feedsync_sim::workload::{self, WorkloadConfig};
 use serde_json::json;
 
 use crate::stats::{Summary, number, round};

@@ -14,7 +14,7 @@ use anyhow::{Context, bail, ensure};
 use feed_publisher::config::Config;
 use feed_publisher::sequencer;
 use feedsync_shared::db::Database;
-use feedsync_shared::workload::{self, WorkloadConfig, WorkloadLog};
+use feedsync_sim::workload::{self, WorkloadConfig, WorkloadLog};
 
 use crate::database::{self, Drain};
 use crate::counters::{CounterMeter, Counters};

@@ -12,7 +12,7 @@ pub mod network;
 pub mod sequencer;
 pub mod server;
 pub mod status;
-pub mod testing;
+
 pub mod usb;
 
 use feedsync_shared::db::{Database, DbError};

@@ -3,13 +3,12 @@
 //! 2 bad command line.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use feed_publisher::config::Config;
-use feed_publisher::server::{self, App};
+use feed_publisher::server;
 use feed_publisher::load_model;
 use feedsync_shared::capture;
 use feedsync_shared::db::Database;
@@ -48,9 +47,6 @@ enum Command {
     /// This server and its children at a glance: problems first (alerts, each with what to do),
     /// then the journal, events, held changes and conflicts here, and every child.
     Status(StatusArgs),
-    /// Try it with nothing installed: an OpenMRS schema in SQLite, seeded with a simulated
-    /// clinic's records, captured and served.
-    Demo(DemoArgs),
     /// Register, list and revoke the children that sync with this server as their parent.
     #[command(subcommand)]
     Child(ChildCommand),
@@ -140,25 +136,6 @@ enum ChildCommand {
         name: String,
     },
 }
-
-#[derive(Args)]
-struct DemoArgs {
-    /// Folder for the demo database (created if missing; reused if present).
-    #[arg(long, default_value = "feedsync-demo")]
-    dir: PathBuf,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8086")]
-    listen: String,
-    /// Patients the simulated clinic registers on first start.
-    #[arg(long, default_value_t = 20)]
-    patients: usize,
-    /// Seed of the simulated clinic (same seed, same records).
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-}
-
-/// The OpenMRS 2.5 schema and core metadata for SQLite, generated from the real dump.
-const SQLITE_OPENMRS_SCHEMA: &str = include_str!("../../shared/schema/openmrs-2.5.sqlite.sql");
 
 #[derive(Args)]
 struct Common {
@@ -270,29 +247,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             drop(session);
             database.close().await;
         }
-        Command::Demo(args) => {
-            std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
-            let file = args.dir.join("openmrs.sqlite");
-            let fresh = !file.exists();
-            let config = Config { database_url: format!("sqlite://{}", file.display()), ..Config::default() };
-            let database = Database::from_url(&config.database_url)?;
-            if fresh {
-                eprintln!("creating an OpenMRS 2.5 database in {}", file.display());
-                database.session().await?.execute_script(SQLITE_OPENMRS_SCHEMA).await?;
-            }
-            let model = load_model(&database, &Profile::openmrs()).await?;
-            let mut session = database.session().await?;
-            capture::install(&mut session, &model).await?;
-            if fresh {
-                let clinic = feedsync_shared::workload::WorkloadConfig { seed: args.seed, patients: args.patients, ..Default::default() };
-                let log = feedsync_shared::workload::run(&mut session, &clinic).await?;
-                eprintln!("simulated clinic: {} patients registered, {} rows written", args.patients, log.writes().count());
-            }
-            drop(session);
-            let mut config = config;
-            config.server.listen = args.listen;
-            serve_until_stopped(database, model, config, true).await?;
-        }
         Command::Serve(args) => {
             let mut config = load_config(&args.common)?;
             if let Some(listen) = args.listen {
@@ -317,7 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::warn!(tables = %missing.join(", "), "changes to these tables are not captured; run `feed-publisher install` again");
             }
             drop(session);
-            serve_until_stopped(database, model, config, false).await?;
+            server::serve_until_ctrl_c(database, model, config).await?;
         }
         Command::Child(command) => child_command(command).await?,
         Command::Conflicts(command) => feedsync_shared::cli::conflicts(command).await?,
@@ -431,32 +385,6 @@ async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
     }
     drop(session);
     database.close().await;
-    Ok(())
-}
-
-/// Serves until Ctrl-C, then stops accepting, lets the sequencer finish its batch, and exits.
-async fn serve_until_stopped(database: Database, model: Model, config: Config, demo: bool) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (in use? try --listen 127.0.0.1:PORT)", config.server.listen))?;
-    let local = listener.local_addr()?;
-    let app = Arc::new(App::new(database, model, config).await?);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tracing::info!(listen = %local, database = %app.database.display_name(), "serving feeds at /ws/atomfeed/{{category}}/recent");
-    if demo {
-        println!("feeds:      http://{local}/ws/atomfeed/all/recent (every change), http://{local}/ws/atomfeed/patient/recent");
-        println!("categories: http://{local}/ws/atomfeed");
-        println!("database:   {} (write to it and watch the feed grow); Ctrl-C stops", app.database.display_name());
-    }
-    let sequencer = tokio::spawn(server::run_sequencer(app.clone(), stopped.clone()));
-    let alerts = tokio::spawn(feed_publisher::status::run_alerts(app.clone(), stopped.clone()));
-    let http = tokio::spawn(server::serve(app.clone(), listener, stopped));
-    tokio::signal::ctrl_c().await?;
-    tracing::info!("stopping");
-    let _ = stop.send(true);
-    let _ = sequencer.await;
-    let _ = alerts.await;
-    let _ = http.await;
     Ok(())
 }
 

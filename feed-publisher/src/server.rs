@@ -559,3 +559,43 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: tokio::sy
         });
     }
 }
+
+/// Serves until Ctrl-C (or until `stop` turns true), then stops accepting, lets the sequencer
+/// finish its batch and the alert loop its round, and returns. `on_listening` is told the
+/// bound address first, so a caller can print it (the demo) before requests arrive.
+pub async fn serve_until_stopped(
+    database: Database,
+    model: Model,
+    config: Config,
+    on_listening: impl FnOnce(SocketAddr),
+    mut stop_requested: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener = TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (in use? try --listen 127.0.0.1:PORT)", config.server.listen))?;
+    let local = listener.local_addr()?;
+    let app = Arc::new(App::new(database, model, config).await?);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tracing::info!(listen = %local, database = %app.database.display_name(), "serving feeds at /ws/atomfeed/{{category}}/recent");
+    on_listening(local);
+    let sequencer = tokio::spawn(run_sequencer(app.clone(), stopped.clone()));
+    let alerts = tokio::spawn(crate::status::run_alerts(app.clone(), stopped.clone()));
+    let http = tokio::spawn(serve(app.clone(), listener, stopped));
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = stop_requested.wait_for(|stop| *stop) => {}
+    }
+    tracing::info!("stopping");
+    let _ = stop.send(true);
+    let _ = sequencer.await;
+    let _ = alerts.await;
+    let _ = http.await;
+    Ok(())
+}
+
+/// [`serve_until_stopped`] with nothing but Ctrl-C to stop it: `feed-publisher serve`.
+pub async fn serve_until_ctrl_c(database: Database, model: Model, config: Config) -> anyhow::Result<()> {
+    let (_keep, never) = tokio::sync::watch::channel(false);
+    serve_until_stopped(database, model, config, |_| {}, never).await
+}

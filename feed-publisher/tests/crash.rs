@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use feed_publisher::testing::{Publisher, Proxy, get, walk_at};
-use feedsync_shared::testing::{Source, TestDatabase, unique_name};
-use feedsync_shared::workload::{self, WorkloadConfig};
+use feedsync_sim::publisher::{Publisher, Proxy, get, walk_at};
+use feedsync_sim::testdb::{Source, TestDatabase, unique_name};
+use feedsync_sim::workload::{self, WorkloadConfig};
 
 const PUBLISHER: &str = env!("CARGO_BIN_EXE_feed-publisher");
 const KILLS: usize = 20;
@@ -137,7 +137,7 @@ async fn publisher_killed_at_random_points_loses_and_duplicates_nothing() {
     let (n, lo, hi) = (seqs[0].i64("n").unwrap(), seqs[0].i64("lo").unwrap(), seqs[0].i64("hi").unwrap());
     assert_eq!((lo, hi), (1, n), "event numbers are gap-free");
     assert_eq!(all.entries.len(), snapshot_rows + writes.len(), "no event lost, none duplicated");
-    feed_publisher::testing::assert_writes_published(&all.entries[snapshot_rows..], &writes);
+    feedsync_sim::publisher::assert_writes_published(&all.entries[snapshot_rows..], &writes);
     for (n, bytes) in &archived_seen {
         assert_eq!(&all.pages[n], bytes, "archived page {n} changed");
     }

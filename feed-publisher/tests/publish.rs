@@ -5,10 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use feed_publisher::testing::{Publisher, check_resource, feedparser_check, http, walk};
+use feedsync_sim::publisher::{Publisher, check_resource, feedparser_check, http, walk};
 use feedsync_shared::resource::{BatchResponse, resource_path};
-use feedsync_shared::testing::{Source, TestDatabase};
-use feedsync_shared::workload::{self, WorkloadConfig};
+use feedsync_sim::testdb::{Source, TestDatabase};
+use feedsync_sim::workload::{self, WorkloadConfig};
 
 const PAGE_SIZE: u32 = 40;
 
@@ -40,7 +40,7 @@ async fn workload_is_published(source: Source) {
 
     // Per entity, the feed holds the workload's writes in commit order.
     let workload_entries = &all.entries[snapshot_events..];
-    feed_publisher::testing::assert_writes_published(workload_entries, &writes);
+    feedsync_sim::publisher::assert_writes_published(workload_entries, &writes);
 
     // Category feeds hold exactly the all feed's entries of their category, in order.
     let categories: BTreeSet<String> = all.entries.iter().map(|e| e.categories[0].clone()).collect();

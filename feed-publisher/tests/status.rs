@@ -8,7 +8,7 @@ use std::process::Command;
 use feed_publisher::alerts::AlertKind;
 use feed_publisher::network;
 use feed_publisher::status::Status;
-use feedsync_shared::testing::{Source, TestDatabase, unique_name};
+use feedsync_sim::testdb::{Source, TestDatabase, unique_name};
 
 const PUBLISHER: &str = env!("CARGO_BIN_EXE_feed-publisher");
 

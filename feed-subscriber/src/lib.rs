@@ -4,7 +4,6 @@
 
 pub mod client;
 pub mod config;
-pub mod demo;
 pub mod engine;
 pub mod metrics;
 pub mod network;
@@ -13,5 +12,5 @@ pub mod state;
 pub mod openmrs_notify;
 pub mod sink;
 pub mod sinks;
-pub mod testing;
+
 pub mod usb;

@@ -28,8 +28,8 @@ use feedsync_shared::model::{self, Model};
 use feedsync_shared::profile::Profile;
 use feedsync_shared::resource::{LookupCache, Resource, Tombstone};
 use feedsync_shared::schema::read_schema;
-use feedsync_shared::testing::{Source, TestDatabase};
-use feedsync_shared::workload::{self, WorkloadConfig};
+use feedsync_sim::testdb::{Source, TestDatabase};
+use feedsync_sim::workload::{self, WorkloadConfig};
 
 /// The origin B's applied writes are marked with.
 const ORIGIN: &str = "feed:a";

@@ -7,7 +7,7 @@ use feedsync_shared::db::Session;
 use feedsync_shared::model;
 use feedsync_shared::profile::Profile;
 use feedsync_shared::schema::read_schema;
-use feedsync_shared::testing::{Source, TestDatabase};
+use feedsync_sim::testdb::{Source, TestDatabase};
 
 async fn table_names(session: &mut Session, schema: &str) -> Vec<String> {
     read_schema(session, schema).await.unwrap().tables.into_keys().collect()

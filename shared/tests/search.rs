@@ -12,7 +12,7 @@ use feedsync_shared::db::{Session, Value};
 use feedsync_shared::search::{
     self, Candidate, NAME_CHUNK_ROWS, NAME_SCORE_MIN, PatientQuery, SEARCH_RESULTS_MAX, SearchStats,
 };
-use feedsync_shared::testing::{Source, TestDatabase};
+use feedsync_sim::testdb::{Source, TestDatabase};
 
 /// Rows per multi-row INSERT when filling the population.
 const INSERT_ROWS_PER_STATEMENT: usize = 500;

@@ -207,7 +207,7 @@ test('retrying a held change in the page applies it once its cause is fixed', as
   const token = runBinary('feed-publisher', ['child', 'add', '--db', `sqlite://${dbFile('parent')}`, '--name', child]).trim();
   assert.match(token, /^\S+$/, 'child add prints the token');
   const laptop = dbFile(child);
-  execFileSync('sqlite3', ['-bail', laptop], { input: readFileSync(path.join(demo.repo, 'shared/schema/openmrs-2.5.sqlite.sql')) });
+  execFileSync('sqlite3', ['-bail', laptop], { input: readFileSync(path.join(demo.repo, 'shared/sim/schema/openmrs-2.5.sqlite.sql')) });
 
   // The same encounter type name, created at the parent and at the laptop with different
   // uuids: the parent's unique index refuses the laptop's.

@@ -29,7 +29,7 @@ use feedsync_bench::{cpu, database};
 use feedsync_shared::db::{Database, Value};
 use feedsync_shared::exchange::{self, Base, Changes, ITEMS_PER_MESSAGE_MAX, Item, NETWORK_PATH, PushRequest, PushResponse, PushStatus};
 use feedsync_shared::resource::{LookupCache, content_hash};
-use feedsync_shared::testing::TestDatabase;
+use feedsync_sim::testdb::TestDatabase;
 use tokio::sync::watch;
 
 use crate::common::{self, Backend, Spread};

@@ -9,8 +9,8 @@ use anyhow::{Context, anyhow};
 use feed_publisher::config::Config;
 use feedsync_shared::db::{Database, Session, Value};
 use feedsync_shared::model::Model;
-use feedsync_shared::testing::{Source, TestDatabase};
-use feedsync_shared::workload::{self, WorkloadConfig};
+use feedsync_sim::testdb::{Source, TestDatabase};
+use feedsync_sim::workload::{self, WorkloadConfig};
 
 use feed_subscriber::network::{ChildNode, HttpParent};
 use feedsync_bench::database;
@@ -39,7 +39,7 @@ pub async fn fresh(backend: Backend) -> anyhow::Result<TestDatabase> {
         Backend::Sqlite => tokio::task::spawn_blocking(|| TestDatabase::create(Source::Sqlite25))
             .await
             .context("database loader panicked")?
-            .ok_or_else(|| anyhow!("cannot create a SQLite database from shared/schema/openmrs-2.5.sqlite.sql (see the line above)")),
+            .ok_or_else(|| anyhow!("cannot create a SQLite database from shared/sim/schema/openmrs-2.5.sqlite.sql (see the line above)")),
     }
 }
 

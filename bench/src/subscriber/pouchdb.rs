@@ -182,7 +182,7 @@ fn node(peer: &Path, args: &[&str]) -> Command {
 
 /// Loads `documents` into a fresh source PouchDB and serves it.
 pub async fn load_and_serve(peer: &Path, documents: &Documents) -> anyhow::Result<Source> {
-    let dir = std::env::temp_dir().join(feedsync_shared::testing::unique_name("feedsync_pouchdb"));
+    let dir = std::env::temp_dir().join(feedsync_sim::testdb::unique_name("feedsync_pouchdb"));
     std::fs::create_dir_all(&dir)?;
     let db = dir.join(SOURCE_DB);
     let mut loader = node(peer, &["load", db.to_str().context("temp path is not UTF-8")?])
@@ -284,7 +284,7 @@ pub async fn replicate(
     batch_size: u32,
     deadline: Duration,
 ) -> anyhow::Result<ReplicationSample> {
-    let target = source.dir.join(feedsync_shared::testing::unique_name("target"));
+    let target = source.dir.join(feedsync_sim::testdb::unique_name("target"));
     let upstream = format!("127.0.0.1:{}", source.port).parse()?;
     let proxy = Proxy::start(upstream, classify, |_, _| false).await?;
     let url = format!("http://{}/{SOURCE_DB}", proxy.addr);

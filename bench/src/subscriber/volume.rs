@@ -33,7 +33,7 @@ use feed_publisher::config::Config;
 use feedsync_shared::db::{Database, Session, Value, quote_ident};
 use feedsync_shared::model::Model;
 use feedsync_shared::schema::read_schema;
-use feedsync_shared::workload::{self, WorkloadConfig};
+use feedsync_sim::workload::{self, WorkloadConfig};
 
 use feedsync_bench::database::{self, Drain};
 

@@ -53,7 +53,7 @@ mod tests {
             let error = open_sink(bad).err().unwrap_or_else(|| panic!("{bad} opened"));
             assert!(!error.retryable, "{bad}: {error}");
         }
-        let dir = std::env::temp_dir().join(feedsync_shared::testing::unique_name("feedsync_open_sink"));
+        let dir = std::env::temp_dir().join(format!("feedsync_open_sink_{}", std::process::id()));
         assert!(open_sink(&format!("jsonl:{}", dir.join("missing/out.jsonl").display())).is_err(), "a folder that does not exist");
         std::fs::create_dir_all(&dir).unwrap();
         assert!(matches!(open_sink(&format!("jsonl:{}", dir.join("out.jsonl").display())), Ok(AnySink::JsonLines(_))));
