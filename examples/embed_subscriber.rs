@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use feed_subscriber::client::HttpClient;
 use feed_subscriber::sink::{Delivery, DeliveryBody, Sink, SinkError, SinkLimits, run_sink};
-use feedsync_shared::db::Database;
+use feedsync_db::Database;
 
 /// Each person's latest gender and which persons are patients: a person changed twice is
 /// counted once, with the gender it has now.

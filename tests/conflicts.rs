@@ -5,8 +5,9 @@
 //! `shared/src/merge.rs`.)
 
 use feedsync_sim::network::{Network, exec, one_text, run_workload};
-use feedsync_shared::db::Value;
-use feedsync_shared::exchange::{self, Conflict};
+use feedsync_db::Value;
+use feedsync_node::exchange;
+use feedsync_wire::network::Conflict;
 use feedsync_sim::testdb::Source;
 
 async fn conflicts_everywhere(net: &Network) -> Vec<(String, Conflict)> {
@@ -148,7 +149,7 @@ async fn conflict_cases_end_to_end() {
 async fn a_conflict_found_at_a_child_is_reported_and_resolved_from_the_parent() {
     use feed_publisher::network as parent_network;
     use feed_subscriber::network::{ParentLink, RoundReport};
-    use feedsync_shared::exchange::CommandAction;
+    use feedsync_wire::network::CommandAction;
     let Some(net) = Network::start(Source::Sqlite25, &["north", "south"]).await else { return };
     run_workload(net.db("parent"), 3, 0).await;
     net.settle().await;

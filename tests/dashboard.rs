@@ -9,8 +9,9 @@ use feed_publisher::dashboard::{ADMIN_TOKEN_ENV, COOKIE_NAME, ROUND_TABLE, ROUND
 use feed_publisher::network as parent_network;
 use feedsync_sim::publisher::{HttpReply, Publisher, http};
 use feedsync_sim::network::{Network, exec, one_text, run_workload};
-use feedsync_shared::db::{Database, Value};
-use feedsync_shared::exchange::{self, Item};
+use feedsync_db::{Database, Value};
+use feedsync_node::exchange;
+use feedsync_wire::network::Item;
 use feedsync_sim::testdb::{Source, TestDatabase};
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use feedsync_sim::publisher::http;
 use feedsync_sim::network::{assert_parent_holds, compare_dbs, one_text, patient_uuids};
 use feedsync_sim::clinic::{self, Clinic, FACILITIES};
-use feedsync_shared::db::{Database, Value};
-use feedsync_shared::exchange;
+use feedsync_db::{Database, Value};
+use feedsync_node::exchange;
 use feedsync_sim::testdb::{Source, TestDatabase, skip_or_fail, unique_name};
 
 static DEMO: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| feedsync_tests::binary("feedsync-demo"));

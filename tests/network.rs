@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use feed_publisher::network as parent_network;
 use feedsync_sim::publisher::http;
 use feedsync_sim::network::{Network, assert_parent_holds, compare_dbs, exec, model_of, one_text, patient_uuids, run_workload};
-use feedsync_shared::exchange::{self, Take};
+use feedsync_node::exchange::{self, Take};
 use feedsync_sim::testdb::Source;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +202,7 @@ async fn push_endpoint_refuses_bad_input_and_applies_nothing() {
     // Malformed and oversized bodies.
     let reply = http(addr, "POST", "/ws/feedsync/network/push", &h, Some(b"{not json")).await;
     assert_eq!(reply.status, 400, "{}", reply.text());
-    let big = vec![b' '; exchange::PUSH_BODY_BYTES_MAX + 10];
+    let big = vec![b' '; feedsync_wire::network::PUSH_BODY_BYTES_MAX + 10];
     let reply = http(addr, "POST", "/ws/feedsync/network/push", &h, Some(&big)).await;
     assert_eq!(reply.status, 413, "{}", reply.text());
     // An unknown table, and a category the child may not write: the whole push is refused.
@@ -308,8 +308,8 @@ async fn a_district_passes_data_up_and_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_push_answer_loses_no_later_edit() {
     use feed_subscriber::network::{ChildNode, HttpParent, LinkError, ParentLink};
-    use feedsync_shared::exchange::{Changes, ChildReport, Hello, PushRequest, PushResponse, Record};
-    use feedsync_shared::search::Candidate;
+    use feedsync_wire::network::{Changes, ChildReport, Hello, PushRequest, PushResponse, Record};
+    use feedsync_node::search::Candidate;
     use std::sync::atomic::{AtomicBool, Ordering};
     struct LosesOneAnswer {
         inner: HttpParent,

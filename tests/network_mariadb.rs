@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use feedsync_sim::network::{Network, assert_parent_holds, compare_dbs, one_text, patient_uuids};
-use feedsync_shared::db::{Database, DbError, Session, Value};
-use feedsync_shared::exchange::{self, Conflict};
+use feedsync_db::{Database, DbError, Session, Value};
+use feedsync_node::exchange;
+use feedsync_wire::network::Conflict;
 use feedsync_sim::testdb::Source;
 use feedsync_sim::workload::{self, Action, Op, WorkloadConfig, WorkloadLog};
 

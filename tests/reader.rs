@@ -25,10 +25,10 @@ use feed_publisher::server::{self, App};
 use feed_publisher::{load_model, sequencer};
 use feed_subscriber::client::{ClientError, ClientLimits, Fetched, HttpClient};
 use feed_subscriber::reader::{EntryContent, FeedReader, Marker, ReadBatch, ReadError};
-use feedsync_shared::capture;
-use feedsync_shared::db::Database;
-use feedsync_shared::profile::Profile;
-use feedsync_shared::resource::{Resource, Tombstone, parse_resource_link};
+use feedsync_node::capture;
+use feedsync_db::Database;
+use feedsync_core::profile::Profile;
+use feedsync_wire::resource::{Resource, Tombstone, parse_resource_link};
 use feedsync_sim::testdb::{Source, TestDatabase};
 use feedsync_sim::workload::{self, WorkloadConfig};
 

@@ -42,14 +42,15 @@ use std::time::Instant;
 use feed_publisher::config::Config;
 use feed_publisher::network::{self as parent_network, Child};
 use feed_subscriber::network::{ChildNode, LinkError, ParentLink};
-use feedsync_shared::capture;
-use feedsync_shared::compare::{CompareOptions, Comparison, compare};
-use feedsync_shared::db::{Database, DbError, Session, Value};
-use feedsync_shared::exchange::{self, Changes, Conflict, Hello, PolicyConfig, PushRequest, PushResponse, Record};
-use feedsync_shared::merge::Policy;
-use feedsync_shared::model::Model;
-use feedsync_shared::profile::Profile;
-use feedsync_shared::search::{self, Candidate};
+use feedsync_node::capture;
+use feedsync_node::compare::{CompareOptions, Comparison, compare};
+use feedsync_db::{Database, DbError, Session, Value};
+use feedsync_node::exchange;
+use feedsync_wire::network::{Changes, Conflict, Hello, PolicyConfig, PushRequest, PushResponse, Record};
+use feedsync_core::merge::Policy;
+use feedsync_core::model::Model;
+use feedsync_core::profile::Profile;
+use feedsync_node::search::{self, Candidate};
 use feedsync_sim::testdb::{Source, TestDatabase, unique_name};
 
 /// Seeds per default run (CI runs the default `cargo test`).
@@ -1258,7 +1259,7 @@ impl World {
     /// opens connections, and an OpenMRS schema is slow to open); a final round of every
     /// child checks that nothing was left.
     async fn pending(&self, c: usize) -> Result<Option<String>, String> {
-        let number = |rows: Vec<feedsync_shared::db::Row>| rows.first().and_then(|r| r.values.first().and_then(|v| v.as_i64())).unwrap_or_default();
+        let number = |rows: Vec<feedsync_db::Row>| rows.first().and_then(|r| r.values.first().and_then(|v| v.as_i64())).unwrap_or_default();
         let kept = &self.children[c].kept;
         let mut s = kept.take().await.map_err(text)?;
         let state = |name: &str| format!("SELECT COALESCE(MAX(CAST(value AS INTEGER)), 0) FROM feedsync_state WHERE name = '{name}'");
@@ -1548,7 +1549,7 @@ async fn check(world: &World) -> Result<(), String> {
 }
 
 /// The fields of a version a failure message shows (those the simulation edits).
-fn edited_fields(fields: &exchange::ConflictFields) -> BTreeMap<String, serde_json::Value> {
+fn edited_fields(fields: &feedsync_wire::network::ConflictFields) -> BTreeMap<String, serde_json::Value> {
     let edited = |k: &str| NAME_FIELDS.contains(&k) || ["gender", "identifier", "void_reason"].contains(&k);
     fields.iter().filter(|(k, _)| edited(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }

@@ -28,7 +28,7 @@ use feed_subscriber::sink::{Delivery, DeliveryBody, RetryPolicy, Sink, SinkError
 use feed_subscriber::sinks::webhook::{IDEMPOTENCY_KEY_HEADER, batch_idempotency_key};
 use feed_subscriber::sinks::{JsonLinesSink, WebhookLimits, WebhookSink};
 use feed_subscriber::state;
-use feedsync_shared::db::Database;
+use feedsync_db::Database;
 use feedsync_sim::testdb::{Source, TestDatabase, unique_name};
 use feedsync_sim::workload::{self, WorkloadConfig};
 
@@ -543,7 +543,7 @@ fn quick_notifier(openmrs_url: String, database: Option<Database>) -> NotifierCo
     }
 }
 
-async fn column(session: &mut feedsync_shared::db::Session, sql: &str, params: &[feedsync_shared::db::Value]) -> Vec<String> {
+async fn column(session: &mut feedsync_db::Session, sql: &str, params: &[feedsync_db::Value]) -> Vec<String> {
     session.query(sql, params).await.unwrap().iter().map(|r| r.values[0].to_text().unwrap()).collect()
 }
 
@@ -659,13 +659,13 @@ async fn applying_a_feed_tells_openmrs_about_every_written_person_row_and_replay
         let Some((_source, publisher, _entries)) = published().await else { return };
         let Some(target) = TestDatabase::create(Source::Sqlite25) else { return };
         let mut session = target.database.session().await.unwrap();
-        let uuids = async |session: &mut feedsync_shared::db::Session, table: &str| -> BTreeSet<String> {
+        let uuids = async |session: &mut feedsync_db::Session, table: &str| -> BTreeSet<String> {
             column(session, &format!("SELECT uuid FROM {table}"), &[]).await.into_iter().collect()
         };
         let (names_before, identifiers_before) = (uuids(&mut session, "person_name").await, uuids(&mut session, "patient_identifier").await);
         let openmrs = FakeServer::start(|_, _| (204, JSON, String::new())).await;
         let (notifier, handle) = Notifier::new(quick_notifier(openmrs.url("/openmrs"), Some(target.database.clone())));
-        let model = feed_publisher::load_model(&target.database, &feedsync_shared::profile::Profile::openmrs()).await.unwrap();
+        let model = feed_publisher::load_model(&target.database, &feedsync_core::profile::Profile::openmrs()).await.unwrap();
         let subscriber =
             feed_subscriber::engine::Subscriber::new(target.database.clone(), model, quick_client(), String::new()).with_notifier(notifier.clone());
         let feed = [all_feed(&publisher)];

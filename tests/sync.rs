@@ -10,10 +10,10 @@ use feedsync_sim::publisher::Publisher;
 use feed_subscriber::client::HttpClient;
 use feed_subscriber::engine::Subscriber;
 use feed_subscriber::state;
-use feedsync_shared::compare::{CompareOptions, Comparison, compare};
-use feedsync_shared::db::Database;
-use feedsync_shared::model::Model;
-use feedsync_shared::profile::Profile;
+use feedsync_node::compare::{CompareOptions, Comparison, compare};
+use feedsync_db::Database;
+use feedsync_core::model::Model;
+use feedsync_core::profile::Profile;
 use feedsync_sim::testdb::{Source, TestDatabase};
 use feedsync_sim::workload::{self, WorkloadConfig};
 

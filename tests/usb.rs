@@ -10,9 +10,9 @@ use feed_publisher::network as parent_network;
 use feed_publisher::usb as parent_usb;
 use feedsync_sim::network::{Network, assert_parent_holds, compare_dbs, exec, one_text, patient_uuids, run_workload};
 use feed_subscriber::usb::{self, ReplyOutcome};
-use feedsync_shared::bundle::{BundleError, Direction};
-use feedsync_shared::db::Database;
-use feedsync_shared::exchange;
+use feedsync_wire::bundle::{BundleError, Direction};
+use feedsync_db::Database;
+use feedsync_node::exchange;
 use feedsync_sim::testdb::{Source, unique_name};
 
 static SUBSCRIBER: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| feedsync_tests::binary("feed-subscriber"));

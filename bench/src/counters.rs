@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use feedsync_shared::db::Session;
+use feedsync_db::Session;
 
 use crate::stats::{number, round};
 

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, ensure};
 use feed_publisher::config::Config;
 use feed_publisher::{load_model, sequencer};
-use feedsync_shared::capture::{self, InstallReport};
-use feedsync_shared::db::Database;
-use feedsync_shared::model::Model;
-use feedsync_shared::profile::Profile;
+use feedsync_node::capture::{self, InstallReport};
+use feedsync_db::Database;
+use feedsync_core::model::Model;
+use feedsync_core::profile::Profile;
 use feedsync_sim::testdb::{DEFAULT_TEST_MYSQL, Source, TestDatabase};
 
 /// Longest the bench waits for pooled connections to close before dropping a database.

@@ -368,7 +368,7 @@ fn report_writes(rounds: &writes::Rounds, workload: &WorkloadConfig) -> serde_js
 }
 
 async fn serve_and_measure(
-    database: &feedsync_shared::db::Database,
+    database: &feedsync_db::Database,
     workload: &WorkloadConfig,
     config: &Config,
     connections: usize,
@@ -471,7 +471,7 @@ async fn serve_and_measure(
         .collect();
     println!(
         "4. Batch fetch: POST {} with {} links a request; {} distinct resource links from the all feed (items: {})",
-        feedsync_shared::resource::BATCH_PATH,
+        feedsync_wire::resource::BATCH_PATH,
         serving::BATCH_LINKS,
         links.len(),
         statuses.join(", ")

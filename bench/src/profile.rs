@@ -10,10 +10,11 @@ use anyhow::Context;
 use feed_publisher::config::Config;
 use feed_publisher::feed::{self, PageLinks};
 use feed_publisher::sequencer::{self, ALL_FEED};
-use feedsync_shared::capture::EVENT_TABLE;
-use feedsync_shared::db::Session;
-use feedsync_shared::model::Model;
-use feedsync_shared::resource::{self, LookupCache};
+use feedsync_node::capture::EVENT_TABLE;
+use feedsync_db::Session;
+use feedsync_core::model::Model;
+use feedsync_node::lookup::LookupCache;
+use feedsync_wire::resource;
 use sha2::{Digest, Sha256};
 
 use crate::database::DRAIN_BATCHES_MAX;
@@ -268,7 +269,7 @@ pub async fn batch(
             };
             let before = meter.read(session).await?;
             let start = Instant::now();
-            let row = resource::find_row(session, model, &table, &key).await?;
+            let row = feedsync_node::lookup::find_row(session, model, &table, &key).await?;
             let found = start.elapsed().as_secs_f64();
             let middle = meter.read(session).await?;
             let find = meter.since(&middle, &before);
@@ -285,7 +286,7 @@ pub async fn batch(
             };
             let start = Instant::now();
             std::hint::black_box(
-                resource::render(session, model, entity, &key, &row, &mut cache).await?,
+                feedsync_node::lookup::render(session, model, entity, &key, &row, &mut cache).await?,
             );
             let rendered = start.elapsed().as_secs_f64();
             let after = meter.read(session).await?;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::ensure;
 use feed_publisher::config::Config;
 use feed_publisher::server::{self, App};
-use feedsync_shared::db::Database;
-use feedsync_shared::model::Model;
+use feedsync_db::Database;
+use feedsync_core::model::Model;
 
 use crate::client::{self, Connection};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use feed_publisher::sequencer::ALL_FEED;
-use feedsync_shared::resource::BATCH_PATH;
+use feedsync_wire::resource::BATCH_PATH;
 
 use crate::client::{self, Connection, LoadResult};
 use crate::server::Server;

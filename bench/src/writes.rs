@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use feed_publisher::config::Config;
 use feed_publisher::sequencer;
-use feedsync_shared::db::Database;
+use feedsync_db::Database;
 use feedsync_sim::workload::{self, WorkloadConfig, WorkloadLog};
 
 use crate::database::{self, Drain};

@@ -19,7 +19,7 @@ pub struct Config {
     /// Link templates per category: `rest` and `fhir`, with `{uuid}` and `{patient_uuid}`.
     pub links: BTreeMap<String, LinkTemplates>,
     /// Parent/child network: who wins when both sides changed the same field.
-    pub network: feedsync_shared::exchange::PolicyConfig,
+    pub network: feedsync_wire::network::PolicyConfig,
     /// Alert rules and where alerts go: `serve` checks them and calls the webhook; `status`,
     /// `/ws/feedsync/status`, `/metrics` and the dashboard show them (see `alerts.rs`).
     #[serde(default)]

@@ -30,15 +30,14 @@ use serde::Serialize;
 use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 
-use feedsync_shared::capture::{self, EVENT_TABLE, JOURNAL_TABLE, hex};
-use feedsync_shared::db::{Dialect, Session, Value};
-use feedsync_shared::exchange::{
-    self, AUDIT_TABLE, CATCHMENT_TABLE, COMMAND_TABLE, CONFLICT_TABLE, CommandAction, Conflict, HeldItem, INBOX_TABLE, PEER_PARENT, Receiver,
-    ResolveError, RoundSummary, Take,
-};
-use feedsync_shared::merge::Side;
-use feedsync_shared::resource::LookupCache;
-use feedsync_shared::search;
+use feedsync_node::capture::{self, EVENT_TABLE, JOURNAL_TABLE};
+use feedsync_wire::hex;
+use feedsync_db::{Dialect, Session, Value};
+use feedsync_node::exchange::{self, AUDIT_TABLE, CATCHMENT_TABLE, COMMAND_TABLE, CONFLICT_TABLE, INBOX_TABLE, PEER_PARENT, Receiver, ResolveError, Take};
+use feedsync_wire::network::{CommandAction, Conflict, HeldItem, RoundSummary};
+use feedsync_core::merge::Side;
+use feedsync_node::lookup::LookupCache;
+use feedsync_node::search;
 
 use crate::network::{self, AdminError, Child};
 use crate::server::{App, HttpError, PeerAddr, Reply};
@@ -498,7 +497,7 @@ fn round_ddl(dialect: Dialect) -> Vec<String> {
 }
 
 /// Creates the dashboard's table; run once when the server starts ([`crate::server::App::new`]).
-pub(crate) async fn prepare(session: &mut Session) -> Result<(), feedsync_shared::db::DbError> {
+pub(crate) async fn prepare(session: &mut Session) -> Result<(), feedsync_db::DbError> {
     for ddl in round_ddl(session.dialect()) {
         session.execute_script(&ddl).await?;
     }
@@ -1034,7 +1033,7 @@ struct HeldView {
     /// Only for changes held here: the child's clock is not this one.
     age_s: Option<i64>,
     behind: Vec<Behind>,
-    columns: Option<feedsync_shared::merge::Fields>,
+    columns: Option<feedsync_core::merge::Fields>,
     /// An operator command for it waits for the child's next round.
     queued_command: Option<i64>,
 }
@@ -1224,7 +1223,7 @@ pub struct FieldRow {
 pub fn field_rows(c: &Conflict) -> Vec<FieldRow> {
     let (mine, theirs) = c.mine_theirs();
     let names: BTreeSet<&String> = mine.iter().chain(theirs.iter()).flat_map(|f| f.keys()).collect();
-    let get = |fields: &Option<feedsync_shared::merge::Fields>, name: &str| fields.as_ref().and_then(|f| f.get(name).cloned());
+    let get = |fields: &Option<feedsync_core::merge::Fields>, name: &str| fields.as_ref().and_then(|f| f.get(name).cloned());
     let mut rows: Vec<FieldRow> = names
         .into_iter()
         .map(|name| {
@@ -1419,7 +1418,7 @@ async fn audit_page(session: &mut Session, query: &BTreeMap<String, String>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use feedsync_shared::exchange::Item;
+    use feedsync_wire::network::Item;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -1563,7 +1562,7 @@ mod tests {
 
     #[test]
     fn conflict_fields_side_by_side() {
-        let fields = |pairs: &[(&str, Json)]| Some(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<feedsync_shared::merge::Fields>());
+        let fields = |pairs: &[(&str, Json)]| Some(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<feedsync_core::merge::Fields>());
         let conflict = Conflict {
             id: 7,
             table: "person_name".into(),

@@ -15,10 +15,10 @@ pub mod status;
 
 pub mod usb;
 
-use feedsync_shared::db::{Database, DbError};
-use feedsync_shared::model::{self, Model};
-use feedsync_shared::profile::Profile;
-use feedsync_shared::schema::read_schema;
+use feedsync_db::{Database, DbError};
+use feedsync_core::model::{self, Model};
+use feedsync_core::profile::Profile;
+use feedsync_db::schema::read_schema;
 
 /// Reads the live schema and builds the entity model with the configured profile.
 pub async fn load_model(database: &Database, profile: &Profile) -> Result<Model, DbError> {

@@ -10,10 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use feed_publisher::config::Config;
 use feed_publisher::server;
 use feed_publisher::load_model;
-use feedsync_shared::capture;
-use feedsync_shared::db::Database;
-use feedsync_shared::model::Model;
-use feedsync_shared::profile::Profile;
+use feedsync_node::capture;
+use feedsync_db::Database;
+use feedsync_core::model::Model;
+use feedsync_core::profile::Profile;
 
 #[derive(Parser)]
 #[command(
@@ -52,7 +52,7 @@ enum Command {
     Child(ChildCommand),
     /// Conflicts found when children pushed changes this server also changed.
     #[command(subcommand)]
-    Conflicts(feedsync_shared::cli::ConflictsCommand),
+    Conflicts(feedsync_cli::ConflictsCommand),
     /// Sync a child without network: import its USB export, write the reply it imports next.
     #[command(subcommand, long_about = USB_HELP)]
     Usb(UsbCommand),
@@ -274,7 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server::serve_until_ctrl_c(database, model, config).await?;
         }
         Command::Child(command) => child_command(command).await?,
-        Command::Conflicts(command) => feedsync_shared::cli::conflicts(command).await?,
+        Command::Conflicts(command) => feedsync_cli::conflicts(command).await?,
         Command::Usb(command) => usb_command(command).await?,
         Command::Status(args) => {
             let config = load_config(&args.common)?;
@@ -306,7 +306,7 @@ async fn usb_command(command: UsbCommand) -> anyhow::Result<()> {
     match command {
         UsbCommand::Inspect { input } => {
             let bytes = read_usb_file(&input)?;
-            let header = feedsync_shared::bundle::read_header(&bytes).with_context(|| format!("{}", input.display()))?;
+            let header = feedsync_wire::bundle::read_header(&bytes).with_context(|| format!("{}", input.display()))?;
             println!("{}", usb::describe_header(&header));
         }
         UsbCommand::Import { common, input, reply_out } => {
@@ -409,5 +409,5 @@ fn print_check(model: &Model) {
 
 fn main() {
     let cli = Cli::parse();
-    feedsync_shared::cli::run_main(run(cli));
+    feedsync_cli::run_main(run(cli));
 }

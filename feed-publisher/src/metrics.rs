@@ -366,11 +366,11 @@ pub fn route_class(path: &str, prefix: &str) -> usize {
         "feed_page"
     } else if path == crate::feed::ATOMFEED_PATH {
         "feed_list"
-    } else if path.starts_with(&format!("{}/", feedsync_shared::resource::RESOURCE_PATH)) {
+    } else if path.starts_with(&format!("{}/", feedsync_wire::resource::RESOURCE_PATH)) {
         "resource"
-    } else if path == feedsync_shared::resource::BATCH_PATH {
+    } else if path == feedsync_wire::resource::BATCH_PATH {
         "batch"
-    } else if path.starts_with(feedsync_shared::exchange::NETWORK_PATH) {
+    } else if path.starts_with(feedsync_wire::network::NETWORK_PATH) {
         "network"
     } else if crate::dashboard::handles(path) {
         "dashboard"

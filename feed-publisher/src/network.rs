@@ -17,16 +17,14 @@ use hyper::header;
 use hyper::{Method, Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use feedsync_shared::capture::{self, EVENT_TABLE};
-use feedsync_shared::db::{Dialect, Session, Value, quote_ident};
-use feedsync_shared::exchange::{
-    self, Attempt, CATCHMENT_TABLE, CHILD_TABLE, COMMAND_TABLE, Changes, ChildReport, Command, CommandAction, Hello, ITEMS_PER_MESSAGE_MAX, Item, PUSH_BODY_BYTES_MAX, PushRequest, PushResponse,
-    PolicyConfig, PushResult, PushStatus, Receiver, Record,
-};
-use feedsync_shared::merge::Side;
-use feedsync_shared::model::{Model, RowSource};
-use feedsync_shared::resource::{self, LookupCache};
-use feedsync_shared::search;
+use feedsync_node::capture::{self, EVENT_TABLE};
+use feedsync_db::{Dialect, Session, Value, quote_ident};
+use feedsync_node::exchange::{self, Attempt, CATCHMENT_TABLE, CHILD_TABLE, COMMAND_TABLE, Receiver};
+use feedsync_wire::network::{Changes, ChildReport, Command, CommandAction, Hello, ITEMS_PER_MESSAGE_MAX, Item, PUSH_BODY_BYTES_MAX, PolicyConfig, PushRequest, PushResponse, PushResult, PushStatus, Record};
+use feedsync_core::merge::Side;
+use feedsync_core::model::{Model, RowSource};
+use feedsync_node::lookup::LookupCache;
+use feedsync_node::search;
 
 use crate::server::{App, HttpError, Reply};
 
@@ -91,7 +89,7 @@ pub enum AdminError {
     #[error("no child named {0:?}; `child list` shows the registered children")]
     Unknown(String),
     #[error("{0}")]
-    Database(#[from] feedsync_shared::db::DbError),
+    Database(#[from] feedsync_db::DbError),
 }
 
 /// Registers a child and returns its token (shown once; only its hash is kept).
@@ -157,7 +155,7 @@ pub async fn child_by_name(session: &mut Session, name: &str) -> Result<Option<(
     Ok(rows.first().map(|r| (child_from_row(r), r.text("token_hash").unwrap_or_default())))
 }
 
-fn child_from_row(r: &feedsync_shared::db::Row) -> Child {
+fn child_from_row(r: &feedsync_db::Row) -> Child {
     Child {
         name: r.text("name").unwrap_or_default(),
         categories: r.text("categories").unwrap_or_default().split(',').map(str::to_owned).collect(),
@@ -173,7 +171,7 @@ fn child_from_row(r: &feedsync_shared::db::Row) -> Child {
 }
 
 /// Creates the network tables if this database predates them (they come with `install`).
-pub async fn prepare(session: &mut Session) -> Result<(), feedsync_shared::db::DbError> {
+pub async fn prepare(session: &mut Session) -> Result<(), feedsync_db::DbError> {
     for ddl in exchange::network_ddl(session.dialect()) {
         session.execute_script(&ddl).await?;
     }
@@ -653,7 +651,7 @@ async fn patient_record(session: &mut Session, model: &Model, uuid: &str, cache:
             &format!(
                 "SELECT table_name, entity_key, MIN(event_seq) AS first_seq FROM {EVENT_TABLE} WHERE patient_uuid = ? \
                  GROUP BY table_name, entity_key ORDER BY first_seq LIMIT {}",
-                exchange::RECORD_ROWS_MAX
+                feedsync_wire::network::RECORD_ROWS_MAX
             ),
             &[uuid.into()],
         )
@@ -684,7 +682,7 @@ pub async fn push_items(session: &mut Session, model: &Model, policy: &PolicyCon
         let Some(entity) = model.entity(&item.table) else {
             return Err(HttpError::new(StatusCode::BAD_REQUEST, format!("item {}/{}: table {:?} is not published here", item.table, item.key, item.table), "push only tables the parent publishes (feed-publisher check lists them)"));
         };
-        if !exchange::category_allowed(&child.categories, &entity.category) {
+        if !feedsync_wire::network::category_allowed(&child.categories, &entity.category) {
             return Err(HttpError::new(
                 StatusCode::FORBIDDEN,
                 format!("child {} may not write category {:?} (item {}/{}); it may write: {}", child.name, entity.category, item.table, item.key, child.categories.join(", ")),
@@ -782,7 +780,7 @@ pub async fn push_items(session: &mut Session, model: &Model, policy: &PolicyCon
     }
 }
 
-fn apply_error(e: feedsync_shared::apply::ApplyError) -> HttpError {
+fn apply_error(e: feedsync_node::apply::ApplyError) -> HttpError {
     HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "the parent's database is unavailable or busy; the child retries the push")
 }
 
@@ -806,7 +804,7 @@ pub async fn patient_of(session: &mut Session, model: &Model, table: &str, key: 
     let dialect = session.dialect();
     let Some(entity) = model.entity(table) else { return Ok(None) };
     let Some(patient_sql) = model.patient_sql(dialect, table, &RowSource::Alias("t")) else { return Ok(None) };
-    let Some((condition, params)) = resource::identity_condition(session, model, entity, key).await? else { return Ok(None) };
+    let Some((condition, params)) = feedsync_node::lookup::identity_condition(session, model, entity, key).await? else { return Ok(None) };
     let sql = format!("SELECT {patient_sql} AS patient_uuid FROM {} t WHERE {condition}", quote_ident(dialect, table));
     let Some(uuid) = session.query(&sql, &params).await?.first().and_then(|r| r.text("patient_uuid")) else { return Ok(None) };
     let is_patient = !session

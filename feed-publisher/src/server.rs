@@ -17,13 +17,13 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use feedsync_shared::capture::{self, EVENT_TABLE, hex};
-use feedsync_shared::db::{Database, DbError};
-use feedsync_shared::exchange::NETWORK_PATH;
-use feedsync_shared::model::Model;
-use feedsync_shared::resource::{
-    self, BATCH_PATH, BatchItem, BatchRequest, BatchResponse, LookupCache, RESOURCE_PATH, Tombstone,
-};
+use feedsync_node::capture::{self, EVENT_TABLE};
+use feedsync_wire::hex;
+use feedsync_db::{Database, DbError};
+use feedsync_wire::network::NETWORK_PATH;
+use feedsync_core::model::Model;
+use feedsync_node::lookup::LookupCache;
+use feedsync_wire::resource::{self, BATCH_PATH, BatchItem, BatchRequest, BatchResponse, RESOURCE_PATH, Tombstone};
 
 use crate::config::Config;
 use crate::feed::{self, ATOMFEED_PATH, PageLinks};
@@ -327,7 +327,7 @@ fn base_url(app: &App, request: &Request<Incoming>) -> String {
     format!("{host}{}", app.config.server.path_prefix)
 }
 
-async fn is_known_feed(app: &App, session: &mut feedsync_shared::db::Session, feed: &str) -> Result<bool, HttpError> {
+async fn is_known_feed(app: &App, session: &mut feedsync_db::Session, feed: &str) -> Result<bool, HttpError> {
     if feed == ALL_FEED || app.model.entities.values().any(|e| e.category == feed) {
         return Ok(true);
     }
@@ -390,7 +390,7 @@ async fn feed_list(app: &App) -> Result<Reply, HttpError> {
 }
 
 /// Looks up one resource link: the resource, its tombstone, or why neither.
-async fn lookup(app: &App, session: &mut feedsync_shared::db::Session, link: &str, cache: &mut LookupCache) -> Result<BatchItem, HttpError> {
+async fn lookup(app: &App, session: &mut feedsync_db::Session, link: &str, cache: &mut LookupCache) -> Result<BatchItem, HttpError> {
     let item = |status: u16, error: String| BatchItem { link: link.to_owned(), status, resource: None, tombstone: None, error: Some(error) };
     // Links may carry the path prefix or not, like every other route.
     let parsed = resource::parse_resource_link(link, &app.config.server.path_prefix).or_else(|| resource::parse_resource_link(link, ""));
@@ -400,8 +400,8 @@ async fn lookup(app: &App, session: &mut feedsync_shared::db::Session, link: &st
     let Some(entity) = app.model.entity(&table) else {
         return Ok(item(404, format!("table {table:?} is not published here")));
     };
-    if let Some(row) = resource::find_row(session, &app.model, &table, &key).await? {
-        let rendered = resource::render(session, &app.model, entity, &key, &row, cache).await?;
+    if let Some(row) = feedsync_node::lookup::find_row(session, &app.model, &table, &key).await? {
+        let rendered = feedsync_node::lookup::render(session, &app.model, entity, &key, &row, cache).await?;
         return Ok(BatchItem { link: link.to_owned(), status: 200, resource: Some(rendered), tombstone: None, error: None });
     }
     let last = session

@@ -30,9 +30,10 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use feedsync_shared::capture::{EVENT_TABLE, JOURNAL_TABLE, PAGE_TABLE};
-use feedsync_shared::db::{DbError, Dialect, Session};
-use feedsync_shared::exchange::{CHILD_TABLE, CONFLICT_TABLE, INBOX_TABLE, RoundSummary};
+use feedsync_node::capture::{EVENT_TABLE, JOURNAL_TABLE, PAGE_TABLE};
+use feedsync_db::{DbError, Dialect, Session};
+use feedsync_node::exchange::{CHILD_TABLE, CONFLICT_TABLE, INBOX_TABLE};
+use feedsync_wire::network::RoundSummary;
 
 use crate::alerts::{self, Alert, ChildFacts, Event, Facts, QUEUE_PENDING_PUSH, QUEUE_WAITING_TO_CHILD, Transitions};
 use crate::config::{AlertsConfig, Config, QUEUE_OBSERVATIONS_MAX};
@@ -301,7 +302,7 @@ async fn gather(session: &mut Session, config: &Config) -> Result<Status, Status
     })
 }
 
-/// The parts of a child's report (`exchange::ChildReport`) the status shows; the held items and
+/// The parts of a child's report (`feedsync_wire::network::ChildReport`) the status shows; the held items and
 /// conflicts it lists are skipped unread.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]

@@ -3,7 +3,7 @@
 //! (`feed-subscriber usb export`); here the parent imports it and writes a reply file with what
 //! the child should receive (`feed-publisher usb import`); the child imports the reply
 //! (`feed-subscriber usb import`). The file format (encryption, authentication, the readable
-//! header) is `feedsync_shared::bundle`'s; this module decides what goes inside and applies it
+//! header) is `feedsync_wire::bundle`'s; this module decides what goes inside and applies it
 //! with the same functions the online network uses, so USB and online sync mix in any order:
 //!
 //! - the export's pushes go through [`network::push_items`], which skips every item at or
@@ -22,20 +22,19 @@
 //! table (`usb-import`), which also tells an operator when the same export came back.
 //!
 //! The payload types are defined here because both binaries link this crate; they are plain
-//! JSON of the network's wire types (`feedsync_shared::exchange`).
+//! JSON of the network's wire types (`feedsync_node::exchange`).
 
 use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use feedsync_shared::bundle::{self, BundleError, Direction, Header};
-use feedsync_shared::capture::EVENT_TABLE;
-use feedsync_shared::db::{DbError, Dialect, Session, Value};
-use feedsync_shared::exchange::{
-    self, AUDIT_TABLE, CHILD_TABLE, Changes, Hello, ITEMS_PER_MESSAGE_MAX, Item, PolicyConfig, PushRequest, PushResponse, PushStatus,
-};
-use feedsync_shared::model::Model;
+use feedsync_wire::bundle::{self, BundleError, Direction, Header};
+use feedsync_node::capture::EVENT_TABLE;
+use feedsync_db::{DbError, Dialect, Session, Value};
+use feedsync_node::exchange::{self, AUDIT_TABLE, CHILD_TABLE};
+use feedsync_wire::network::{Changes, Hello, ITEMS_PER_MESSAGE_MAX, Item, PolicyConfig, PushRequest, PushResponse, PushStatus};
+use feedsync_core::model::Model;
 
 use crate::network::{self, AdminError, Child};
 use crate::server::HttpError;
@@ -293,7 +292,7 @@ pub async fn import(session: &mut Session, model: &Model, policy: &PolicyConfig,
     }
     let mut answered = Vec::with_capacity(pushes.len());
     let items_total: usize = pushes.iter().map(|(push, _)| push.items.len()).sum();
-    let progress = feedsync_shared::progress::Progress::new("USB import", "items", Some(items_total as u64));
+    let progress = feedsync_node::progress::Progress::new("USB import", "items", Some(items_total as u64));
     for (push, _) in pushes {
         // The reply echoes the push without bases: the child's answer handling needs none.
         let mut echoed = push.clone();
@@ -410,7 +409,7 @@ async fn previous_import(session: &mut Session, child: &str, identity: &str) -> 
 /// offline it cannot know its registration, so the parent does), with the first own events of
 /// the items kept. Counts what it left out.
 fn allowed_part(model: &Model, child: &Child, push: PushRequest, first_own_seqs: Vec<i64>, not_allowed: &mut usize) -> (PushRequest, Vec<i64>) {
-    let allowed = |item: &Item| model.entity(&item.table).is_none_or(|e| exchange::category_allowed(&child.categories, &e.category));
+    let allowed = |item: &Item| model.entity(&item.table).is_none_or(|e| feedsync_wire::network::category_allowed(&child.categories, &e.category));
     let before = push.items.len();
     let (items, firsts): (Vec<Item>, Vec<i64>) = push.items.into_iter().zip(first_own_seqs).filter(|(item, _)| allowed(item)).unzip();
     *not_allowed += before - items.len();

@@ -150,7 +150,7 @@ async fn database_down_answers_503_and_recovers() {
     let target: SocketAddr = "127.0.0.1:3306".parse().unwrap();
     let proxy = Proxy::start(target).await;
     let name = test.url.rsplit('/').next().unwrap();
-    let via_proxy = feedsync_shared::db::Database::from_url(&format!("mysql://root@{}/{name}?prefer_socket=false", proxy.addr)).unwrap();
+    let via_proxy = feedsync_db::Database::from_url(&format!("mysql://root@{}/{name}?prefer_socket=false", proxy.addr)).unwrap();
     let publisher = Publisher::start(&via_proxy, |_| {}).await;
     publisher.publish().await;
     assert_eq!(publisher.get("/ws/atomfeed/all/recent").await.status, 200);

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use feedsync_sim::publisher::{Publisher, check_resource, feedparser_check, http, walk};
-use feedsync_shared::resource::{BatchResponse, resource_path};
+use feedsync_wire::resource::{BatchResponse, resource_path};
 use feedsync_sim::testdb::{Source, TestDatabase};
 use feedsync_sim::workload::{self, WorkloadConfig};
 

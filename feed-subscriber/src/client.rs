@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 use url::Url;
 
-use feedsync_shared::resource::{BATCH_PATH, BatchItem, BatchRequest, BatchResponse, RESOURCE_PATH, Resource, Tombstone};
+use feedsync_wire::resource::{BATCH_PATH, BatchItem, BatchRequest, BatchResponse, RESOURCE_PATH, Resource, Tombstone};
 
 /// Sent with every request so a publisher's log shows who is reading.
 pub const USER_AGENT: &str = "feedsync feed-subscriber";

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use feedsync_shared::db::Database;
+use feedsync_db::Database;
 
 use crate::openmrs_notify::NotifierConfig;
 

@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use feedsync_shared::apply::{self, Applied, ApplyError, Change};
-use feedsync_shared::capture;
-use feedsync_shared::db::{Database, DbError, Session};
-use feedsync_shared::model::Model;
-use feedsync_shared::resource::{self, parse_resource_link};
+use feedsync_node::apply::{self, Applied, ApplyError, Change};
+use feedsync_node::capture;
+use feedsync_db::{Database, DbError, Session};
+use feedsync_core::model::Model;
+use feedsync_wire::resource::parse_resource_link;
 
 use crate::client::{Fetched, HttpClient};
 use crate::openmrs_notify::Notifier;
@@ -313,7 +313,7 @@ impl Subscriber {
     async fn references_present(&self, session: &mut Session, waits_for: &[String]) -> Result<bool, SyncError> {
         for reference in waits_for {
             let Some((table, key)) = reference.split_once('/') else { continue };
-            if resource::find_primary_key(session, &self.model, table, key).await?.is_none() {
+            if feedsync_node::lookup::find_primary_key(session, &self.model, table, key).await?.is_none() {
                 return Ok(false);
             }
         }
@@ -324,7 +324,7 @@ impl Subscriber {
     pub async fn sync_until_caught_up(&self, feeds: &[String]) -> Result<Progress, SyncError> {
         let mut total = Progress::default();
         // An Atom feed does not say how many entries follow a marker: the count has no total.
-        let progress = feedsync_shared::progress::Progress::new("catch-up", "entries", None);
+        let progress = feedsync_node::progress::Progress::new("catch-up", "entries", None);
         for feed in feeds {
             loop {
                 let p = self.sync_batch(feed).await?;
@@ -334,7 +334,7 @@ impl Subscriber {
                 total.unblocked += p.unblocked;
                 progress.update(
                     total.entries_read as u64,
-                    format!("{} applied, {} queued · {feed}", feedsync_shared::progress::thousands((total.applied + total.unblocked) as u64), total.queued),
+                    format!("{} applied, {} queued · {feed}", feedsync_node::progress::thousands((total.applied + total.unblocked) as u64), total.queued),
                 );
                 if p.caught_up || p.entries_read == 0 {
                     break;

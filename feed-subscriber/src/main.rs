@@ -15,10 +15,10 @@ use feed_subscriber::network::{ChildNode, HttpParent};
 use feed_subscriber::openmrs_notify::{Notifier, NotifierHandle};
 use feed_subscriber::sink::{SinkLimits, run_sink};
 use feed_subscriber::{sinks, state, usb};
-use feedsync_shared::db::Database;
-use feedsync_shared::model;
-use feedsync_shared::profile::Profile;
-use feedsync_shared::schema::read_schema;
+use feedsync_db::Database;
+use feedsync_core::model;
+use feedsync_core::profile::Profile;
+use feedsync_db::schema::read_schema;
 
 #[derive(Parser)]
 #[command(
@@ -55,7 +55,7 @@ enum Command {
     Patient(PatientCommand),
     /// Conflicts found when the parent's changes met changes made here.
     #[command(subcommand)]
-    Conflicts(feedsync_shared::cli::ConflictsCommand),
+    Conflicts(feedsync_cli::ConflictsCommand),
     /// Sync with the parent without network: export to a USB file, import the parent's reply.
     #[command(subcommand, long_about = USB_HELP)]
     Usb(UsbCommand),
@@ -208,11 +208,11 @@ async fn start_metrics(
 }
 
 /// The network part of `status` as JSON: `null` unless this database syncs as a child.
-async fn network_status(session: &mut feedsync_shared::db::Session) -> anyhow::Result<Option<feed_subscriber::network::ChildStatus>> {
+async fn network_status(session: &mut feedsync_db::Session) -> anyhow::Result<Option<feed_subscriber::network::ChildStatus>> {
     if !feed_subscriber::network::is_child(session).await? {
         return Ok(None);
     }
-    for ddl in feedsync_shared::exchange::network_ddl(session.dialect()) {
+    for ddl in feedsync_node::exchange::network_ddl(session.dialect()) {
         session.execute_script(&ddl).await?;
     }
     Ok(Some(feed_subscriber::network::child_status(session).await?))
@@ -484,7 +484,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database.close().await;
         }
         Command::Patient(command) => patient_command(command).await?,
-        Command::Conflicts(command) => feedsync_shared::cli::conflicts(command).await?,
+        Command::Conflicts(command) => feedsync_cli::conflicts(command).await?,
         Command::Usb(command) => usb_command(command).await?,
         Command::Reset(args) => {
             let database = Database::from_url(&args.db)?;
@@ -555,7 +555,7 @@ fn read_usb_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 /// first time, a snapshot of existing rows, which the first export offers to the parent).
 async fn open_usb_child(args: &UsbChildArgs) -> anyhow::Result<ChildNode<usb::NoParentLink>> {
     anyhow::ensure!(
-        feedsync_shared::exchange::token_child(&args.token).is_some(),
+        feedsync_node::exchange::token_child(&args.token).is_some(),
         "--token is not a child token: pass it exactly as `feed-publisher child add` printed it at the parent (NAME.SECRET)"
     );
     let database = Database::from_url(&args.db)?;
@@ -573,7 +573,7 @@ async fn usb_command(command: UsbCommand) -> anyhow::Result<()> {
     match command {
         UsbCommand::Inspect { input } => {
             let bytes = read_usb_file(&input)?;
-            let header = feedsync_shared::bundle::read_header(&bytes).with_context(|| format!("{}", input.display()))?;
+            let header = feedsync_wire::bundle::read_header(&bytes).with_context(|| format!("{}", input.display()))?;
             println!("{}", feed_publisher::usb::describe_header(&header));
         }
         UsbCommand::Export { child, out } => {
@@ -630,5 +630,5 @@ async fn patient_command(command: PatientCommand) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    feedsync_shared::cli::run_main(run(cli));
+    feedsync_cli::run_main(run(cli));
 }

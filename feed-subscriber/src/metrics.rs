@@ -23,9 +23,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use feed_publisher::metrics::{CONTENT_TYPE, Exposition, Kind};
-use feedsync_shared::capture;
-use feedsync_shared::db::{Database, DbError, Session};
-use feedsync_shared::exchange::{CONFLICT_TABLE, INBOX_TABLE, PEER_PARENT};
+use feedsync_node::capture;
+use feedsync_db::{Database, DbError, Session};
+use feedsync_node::exchange::{CONFLICT_TABLE, INBOX_TABLE, PEER_PARENT};
 
 use crate::engine::Progress;
 use crate::network::{self, RoundReport};

@@ -16,16 +16,14 @@
 
 use std::collections::BTreeMap;
 
-use feedsync_shared::capture;
-use feedsync_shared::db::{Database, DbError, Dialect, Session, Value};
-use feedsync_shared::exchange::{
-    self, Attempt, Base, Changes, ChildReport, Command, CommandAction, CommandResult, Hello, ITEMS_PER_MESSAGE_MAX, Item, NETWORK_PATH, ORIGIN_PARENT, PEER_PARENT, PushRequest, PushResponse, PushStatus,
-    Receiver, Record, RoundSummary,
-};
-use feedsync_shared::merge::Side;
-use feedsync_shared::model::Model;
-use feedsync_shared::resource::LookupCache;
-use feedsync_shared::search::Candidate;
+use feedsync_node::capture;
+use feedsync_db::{Database, DbError, Dialect, Session, Value};
+use feedsync_node::exchange::{self, Attempt, ORIGIN_PARENT, PEER_PARENT, Receiver};
+use feedsync_wire::network::{Base, Changes, ChildReport, Command, CommandAction, CommandResult, Hello, ITEMS_PER_MESSAGE_MAX, Item, NETWORK_PATH, PushRequest, PushResponse, PushStatus, Record, RoundSummary};
+use feedsync_core::merge::Side;
+use feedsync_core::model::Model;
+use feedsync_node::lookup::LookupCache;
+use feedsync_node::search::Candidate;
 
 use crate::client::{ClientError, HttpClient};
 
@@ -151,7 +149,7 @@ pub enum ChildError {
     #[error("this database: {0}")]
     Database(#[from] DbError),
     #[error("applying: {0}")]
-    Apply(#[from] feedsync_shared::apply::ApplyError),
+    Apply(#[from] feedsync_node::apply::ApplyError),
     #[error("operator command: {0}")]
     Command(String),
 }
@@ -170,7 +168,7 @@ impl ChildError {
 }
 
 fn is_lock_conflict(e: &DbError) -> bool {
-    matches!(e, DbError::Statement { message, .. } if feedsync_shared::apply::classify_refusal(message) == feedsync_shared::apply::Refusal::LockConflict)
+    matches!(e, DbError::Statement { message, .. } if feedsync_node::apply::classify_refusal(message) == feedsync_node::apply::Refusal::LockConflict)
 }
 
 /// What one round did.
@@ -315,7 +313,7 @@ impl<L: ParentLink> ChildNode<L> {
             ..RoundReport::default()
         };
         // On a terminal, a line says how far the round is (positions are read only for it).
-        let progress = feedsync_shared::progress::Progress::new("push to parent", "own events", None);
+        let progress = feedsync_node::progress::Progress::new("push to parent", "own events", None);
         let push_from = if progress.is_visible() { state_i64(&mut session, PUSH_THROUGH).await? } else { 0 };
         if progress.is_visible() {
             let last = session.query(&format!("SELECT COALESCE(MAX(event_seq), 0) AS n FROM {}", capture::EVENT_TABLE), &[]).await?;
@@ -430,7 +428,7 @@ impl<L: ParentLink> ChildNode<L> {
             }
             let (Some(table), Some(key)) = (event.text("table_name"), event.text("entity_key")) else { continue };
             let category = event.text("category").unwrap_or_default();
-            if !exchange::category_allowed(&hello.categories, &category) {
+            if !feedsync_wire::network::category_allowed(&hello.categories, &category) {
                 report.not_allowed += 1;
                 continue;
             }
@@ -671,10 +669,10 @@ pub struct ChildStatus {
     pub last_event: i64,
     /// Own events (and its own children's) the parent has not acknowledged.
     pub pending_push: i64,
-    pub held: Vec<exchange::HeldItem>,
+    pub held: Vec<feedsync_wire::network::HeldItem>,
     pub open_conflicts: usize,
     /// The newest open conflicts, at most [`STATUS_CONFLICTS_LISTED_MAX`].
-    pub conflicts: Vec<exchange::Conflict>,
+    pub conflicts: Vec<feedsync_wire::network::Conflict>,
 }
 
 /// Open conflicts `child_status` lists (all are counted).

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use feedsync_shared::db::{Database, DbError};
+use feedsync_db::{Database, DbError};
 
 use crate::client::{ClientLimits, HttpClient};
 use crate::sink::RetryPolicy;

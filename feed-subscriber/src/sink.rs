@@ -26,8 +26,8 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
-use feedsync_shared::db::{Database, DbError, Session};
-use feedsync_shared::resource::{Resource, Tombstone};
+use feedsync_db::{Database, DbError, Session};
+use feedsync_wire::resource::{Resource, Tombstone};
 
 use crate::client::{ClientError, Fetched, HttpClient};
 use crate::reader::{EntryContent, FeedEntry, FeedReader, Marker, ReadError};

@@ -6,8 +6,8 @@
 //! The decisions (is an entity blocked, when is a failed change due again) are pure functions
 //! at the bottom; everything else is SQL.
 
-use feedsync_shared::capture::hex;
-use feedsync_shared::db::{DbResult, Dialect, Row, Session, Value};
+use feedsync_wire::hex;
+use feedsync_db::{DbResult, Dialect, Row, Session, Value};
 use sha2::{Digest, Sha256};
 
 pub const FEED_TABLE: &str = "feedsync_sub_feed";

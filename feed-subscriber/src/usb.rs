@@ -1,7 +1,7 @@
 //! USB transfer, the child's side: `export` writes everything the parent has not acknowledged
 //! (the child's own events, as the pushes an online round would send) into one sealed file;
 //! `import_reply` applies the parent's reply to it. The payloads and the parent's side are in
-//! `feed_publisher::usb`, the file format in `feedsync_shared::bundle`.
+//! `feed_publisher::usb`, the file format in `feedsync_wire::bundle`.
 //!
 //! Nothing here moves a position by itself: the pushes are built from the acknowledged
 //! position without moving it (an export is not an acknowledgement), and a reply is applied
@@ -20,12 +20,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use feed_publisher::usb::{EXPORT_PUSH_BYTES_MAX, EXPORT_PUSHES_MAX, ExportPayload, ReplyPayload};
-use feedsync_shared::bundle::{self, BundleError, Direction, Header};
-use feedsync_shared::capture::{self, EVENT_TABLE};
-use feedsync_shared::db::{DbError, Session, Value};
-use feedsync_shared::exchange::{self, Changes, Hello, ORIGIN_PARENT, PEER_PARENT, PolicyConfig, PushRequest, PushResponse, Record};
-use feedsync_shared::resource::LookupCache;
-use feedsync_shared::search::Candidate;
+use feedsync_wire::bundle::{self, BundleError, Direction, Header};
+use feedsync_node::capture::{self, EVENT_TABLE};
+use feedsync_db::{DbError, Session, Value};
+use feedsync_node::exchange::{self, ORIGIN_PARENT, PEER_PARENT};
+use feedsync_wire::network::{Changes, Hello, PolicyConfig, PushRequest, PushResponse, Record};
+use feedsync_node::lookup::LookupCache;
+use feedsync_node::search::Candidate;
 
 use crate::network::{ChildError, ChildNode, LinkError, ParentLink, RoundReport};
 
@@ -103,8 +104,8 @@ impl From<ChildError> for UsbError {
     }
 }
 
-impl From<feedsync_shared::apply::ApplyError> for UsbError {
-    fn from(e: feedsync_shared::apply::ApplyError) -> Self {
+impl From<feedsync_node::apply::ApplyError> for UsbError {
+    fn from(e: feedsync_node::apply::ApplyError) -> Self {
         UsbError::Child(Box::new(e.into()))
     }
 }
@@ -424,7 +425,7 @@ pub async fn import_reply<L: ParentLink>(node: &ChildNode<L>, token: &str, bytes
         report.pages_skipped = reply.changes.len();
     } else {
         let items_total: usize = reply.pushes.iter().map(|a| a.response.results.len()).chain(reply.changes.iter().map(|page| page.items.len())).sum();
-        let progress = feedsync_shared::progress::Progress::new("USB import", "items", Some(items_total as u64));
+        let progress = feedsync_node::progress::Progress::new("USB import", "items", Some(items_total as u64));
         let mut items_done = 0;
         for answered in &reply.pushes {
             if node.apply_push_reply(&mut session, &reply.hello, &answered.push, &answered.response, &mut report.round).await? {
@@ -529,7 +530,7 @@ async fn retry_held<L: ParentLink>(node: &ChildNode<L>, session: &mut Session, h
 mod tests {
     use super::*;
     use feed_publisher::usb::AnsweredPush;
-    use feedsync_shared::exchange::PushResponse;
+    use feedsync_wire::network::PushResponse;
 
     fn reply(pull_after: i64, throughs: &[i64]) -> ReplyPayload {
         ReplyPayload {

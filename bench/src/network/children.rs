@@ -26,9 +26,11 @@ use feed_subscriber::network::{ChildNode, HttpParent};
 use feedsync_bench::client::{self, Connection};
 use feedsync_bench::counters::{Counters, Scope};
 use feedsync_bench::{cpu, database};
-use feedsync_shared::db::{Database, Value};
-use feedsync_shared::exchange::{self, Base, Changes, ITEMS_PER_MESSAGE_MAX, Item, NETWORK_PATH, PushRequest, PushResponse, PushStatus};
-use feedsync_shared::resource::{LookupCache, content_hash};
+use feedsync_db::{Database, Value};
+use feedsync_node::exchange;
+use feedsync_wire::network::{Base, Changes, ITEMS_PER_MESSAGE_MAX, Item, NETWORK_PATH, PushRequest, PushResponse, PushStatus};
+use feedsync_node::lookup::LookupCache;
+use feedsync_wire::resource::content_hash;
 use feedsync_sim::testdb::TestDatabase;
 use tokio::sync::watch;
 
@@ -437,7 +439,7 @@ fn kind_figures(kind: Kind, requests: &[RequestSample]) -> KindFigures {
 }
 
 /// `(table, uuid)` of the metadata rows the writer edits.
-async fn metadata_rows(session: &mut feedsync_shared::db::Session) -> anyhow::Result<Vec<(&'static str, String)>> {
+async fn metadata_rows(session: &mut feedsync_db::Session) -> anyhow::Result<Vec<(&'static str, String)>> {
     let mut rows = Vec::new();
     for table in METADATA_TABLES {
         for r in session.query(&format!("SELECT uuid FROM {table} ORDER BY 1"), &[]).await? {

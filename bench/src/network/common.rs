@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use feed_publisher::config::Config;
-use feedsync_shared::db::{Database, Session, Value};
-use feedsync_shared::model::Model;
+use feedsync_db::{Database, Session, Value};
+use feedsync_core::model::Model;
 use feedsync_sim::testdb::{Source, TestDatabase};
 use feedsync_sim::workload::{self, WorkloadConfig};
 

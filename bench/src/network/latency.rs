@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use feed_subscriber::network::{ChildNode, HttpParent};
 use feedsync_bench::{cpu, database};
-use feedsync_shared::db::Session;
+use feedsync_db::Session;
 use tokio::sync::watch;
 
 use crate::common::{self, Backend, Spread};

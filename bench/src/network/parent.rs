@@ -3,7 +3,7 @@
 //! keep-alive client connections alone hold about 64 MB of read buffers there).
 //!
 //! The bench starts its own executable again with `--serve-parent URL`, which runs what
-//! `feed-publisher serve` runs and nothing more: the same edge (`feedsync_shared::cli::run_main`:
+//! `feed-publisher serve` runs and nothing more: the same edge (`feedsync_cli::run_main`:
 //! logging, a multi-threaded runtime), `App::new`, the sequencer loop and `server::serve`. The
 //! code is the library this bench was built with, so no separately built `feed-publisher`
 //! binary can be stale. The process prints `listening ADDR` once and serves until its standard
@@ -18,8 +18,8 @@ use anyhow::{Context, anyhow, bail, ensure};
 use feed_publisher::config::Config;
 use feed_publisher::server::{self, App};
 use feedsync_bench::cpu;
-use feedsync_shared::db::Database;
-use feedsync_shared::profile::Profile;
+use feedsync_db::Database;
+use feedsync_core::profile::Profile;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The flag that turns the bench executable into the parent process.
@@ -117,7 +117,7 @@ impl ParentProcess {
 
 /// The parent process's whole life (`--serve-parent URL`): what `feed-publisher serve` does.
 pub fn serve(database_url: String, sequencer_interval_ms: u64) -> std::process::ExitCode {
-    feedsync_shared::cli::run_main(async move {
+    feedsync_cli::run_main(async move {
         let database = Database::from_url(&database_url)?;
         let model = feed_publisher::load_model(&database, &Profile::openmrs()).await?;
         let mut config = Config { database_url, ..Config::default() };

@@ -23,9 +23,9 @@ use anyhow::Context;
 use feed_publisher::network;
 use feedsync_bench::counters::{CounterMeter, per_text};
 use feedsync_bench::cpu;
-use feedsync_shared::db::Database;
-use feedsync_shared::exchange::ITEMS_PER_MESSAGE_MAX;
-use feedsync_shared::model::Model;
+use feedsync_db::Database;
+use feedsync_wire::network::ITEMS_PER_MESSAGE_MAX;
+use feedsync_core::model::Model;
 
 use crate::common::{self, Backend};
 

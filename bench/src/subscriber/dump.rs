@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
-use feedsync_shared::db::{Database, quote_ident};
+use feedsync_db::{Database, quote_ident};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
@@ -130,7 +130,7 @@ async fn copy(a: &Database, c: &Database, tables: &[String], deadline: Duration)
     let mut rows = 0;
     for table in tables {
         let sql = format!("SELECT COUNT(*) AS n FROM {}", quote_ident(session_a.dialect(), table));
-        let count = |rows: Vec<feedsync_shared::db::Row>| rows.first().and_then(|r| r.i64("n")).unwrap_or(-1);
+        let count = |rows: Vec<feedsync_db::Row>| rows.first().and_then(|r| r.i64("n")).unwrap_or(-1);
         let in_a = count(session_a.query(&sql, &[]).await?);
         let in_c = count(session_c.query(&sql, &[]).await?);
         ensure!(in_a == in_c, "the copy of {table} holds {in_c} rows, A holds {in_a}");

@@ -22,11 +22,11 @@ use feed_subscriber::client::{Fetched, HttpClient};
 use feed_subscriber::engine::{BATCH_ENTRIES_MAX, Subscriber};
 use feed_subscriber::reader::{EntryContent, FeedReader, Marker};
 use feed_subscriber::state;
-use feedsync_shared::apply::{self, Applied};
-use feedsync_shared::capture;
-use feedsync_shared::db::Session;
-use feedsync_shared::model::Model;
-use feedsync_shared::resource::parse_resource_link;
+use feedsync_node::apply::{self, Applied};
+use feedsync_node::capture;
+use feedsync_db::Session;
+use feedsync_core::model::Model;
+use feedsync_wire::resource::parse_resource_link;
 
 use feedsync_bench::counters::{CounterMeter, Counters};
 use feedsync_bench::database;
@@ -118,7 +118,7 @@ pub async fn run(server: &Server, entries_max: usize) -> anyhow::Result<StepProf
 
 async fn replay(
     server: &Server,
-    b: &feedsync_shared::db::Database,
+    b: &feedsync_db::Database,
     model: Model,
     session: &mut Session,
     entries_max: usize,

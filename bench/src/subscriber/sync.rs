@@ -10,10 +10,10 @@ use anyhow::{Context, bail, ensure};
 use feed_subscriber::client::HttpClient;
 use feed_subscriber::engine::{Progress, Subscriber};
 use feed_subscriber::state;
-use feedsync_shared::compare::{CompareOptions, compare};
-use feedsync_shared::db::Database;
-use feedsync_shared::model::Model;
-use feedsync_shared::resource::{BATCH_PATH, RESOURCE_PATH};
+use feedsync_node::compare::{CompareOptions, compare};
+use feedsync_db::Database;
+use feedsync_core::model::Model;
+use feedsync_wire::resource::{BATCH_PATH, RESOURCE_PATH};
 
 use feedsync_bench::counters::{Counters, Scope};
 use feedsync_bench::cpu;

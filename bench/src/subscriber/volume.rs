@@ -30,9 +30,9 @@ use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use feed_publisher::config::Config;
-use feedsync_shared::db::{Database, Session, Value, quote_ident};
-use feedsync_shared::model::Model;
-use feedsync_shared::schema::read_schema;
+use feedsync_db::{Database, Session, Value, quote_ident};
+use feedsync_core::model::Model;
+use feedsync_db::schema::read_schema;
 use feedsync_sim::workload::{self, WorkloadConfig};
 
 use feedsync_bench::database::{self, Drain};

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use feedsync_shared::db::{Database, redact};
+use feedsync_db::{Database, redact};
 
 /// The OpenMRS 2.5 schema and core metadata for SQLite, generated from the real dump.
 const SQLITE_OPENMRS_SCHEMA: &str = include_str!("../../../shared/sim/schema/openmrs-2.5.sqlite.sql");

@@ -31,10 +31,10 @@ use anyhow::{Context, bail};
 use feed_publisher::config::Config;
 use feed_publisher::server::{self, App};
 use feed_publisher::{load_model, network as parent_network, sequencer};
-use feedsync_shared::capture;
+use feedsync_node::capture;
 use feedsync_sim::clinic::{self, Clinic, FACILITIES, Facility};
-use feedsync_shared::db::Database;
-use feedsync_shared::profile::Profile;
+use feedsync_db::Database;
+use feedsync_core::profile::Profile;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -519,6 +519,6 @@ async fn count_at_the_end(summary: &mut Summary, parent: &Parent, sites: &[Arc<S
         summary.nodes[i + 1].patients = count_patients(&site.database).await;
     }
     if let Ok(mut session) = parent.app.database.session().await {
-        summary.conflicts_at_parent = feedsync_shared::exchange::list_conflicts(&mut session, true, 100_000).await.ok().map(|c| c.len());
+        summary.conflicts_at_parent = feedsync_node::exchange::list_conflicts(&mut session, true, 100_000).await.ok().map(|c| c.len());
     }
 }

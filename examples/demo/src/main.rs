@@ -93,7 +93,7 @@ fn main() {
     // The terminal is for the story: the toolkit's own logs only when something goes wrong
     // (RUST_LOG=info for all of them). Conflicts are told by the story, so their warning is not.
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,feedsync_shared::exchange=error".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,feedsync_node::exchange=error".into()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");

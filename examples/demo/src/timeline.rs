@@ -22,8 +22,8 @@ use std::time::Duration;
 use anyhow::Context;
 use feed_publisher::usb as parent_usb;
 use feedsync_sim::clinic::{Clinic, PatientInfo, SplitMix64};
-use feedsync_shared::exchange;
-use feedsync_shared::search::Candidate;
+use feedsync_node::exchange;
+use feedsync_node::search::Candidate;
 use tokio::sync::watch;
 
 use super::{Narrator, Parent, Site, describe_round};

@@ -28,7 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use feedsync_shared::capture::hex;
+use feedsync_wire::hex;
 
 use crate::client::USER_AGENT;
 use crate::sink::{Delivery, RetryPolicy, Sink, SinkError};

@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use sha2::{Digest, Sha256};
 
-use feedsync_shared::db::{Database, DbError, Session, Value, quote_ident};
+use feedsync_db::{Database, DbError, Session, Value, quote_ident};
 
 /// Given and family names as the registration clerks of a country write them.
 #[derive(Debug)]
@@ -454,7 +454,7 @@ struct Tables(HashMap<String, BTreeSet<String>>);
 
 impl Tables {
     async fn read(session: &mut Session, schema_name: &str) -> Result<Tables, ClinicError> {
-        let schema = feedsync_shared::schema::read_schema(session, schema_name).await.map_err(db("reading the schema"))?;
+        let schema = feedsync_db::schema::read_schema(session, schema_name).await.map_err(db("reading the schema"))?;
         let tables = schema
             .tables
             .into_iter()
@@ -772,7 +772,7 @@ impl Clinic {
         let mut session = database.session().await.map_err(db("connecting"))?;
         let tables = Tables::read(&mut session, database.schema_name()).await?;
         let ids = Self::find_metadata(&mut session, facility).await?;
-        let count = |rows: Vec<feedsync_shared::db::Row>| rows.first().and_then(|r| r.i64("n")).unwrap_or(0);
+        let count = |rows: Vec<feedsync_db::Row>| rows.first().and_then(|r| r.i64("n")).unwrap_or(0);
         let persons = count(session.query("SELECT COUNT(*) AS n FROM person", &[]).await.map_err(db("counting persons"))?);
         let issued = count(
             session
@@ -1535,7 +1535,7 @@ mod tests {
         assert_eq!(names.len(), FACILITIES.len());
         assert_eq!(prefixes.len(), FACILITIES.len());
         for f in &FACILITIES {
-            assert!(feedsync_shared::exchange::valid_child_name(f.name), "{}", f.name);
+            assert!(feedsync_node::exchange::valid_child_name(f.name), "{}", f.name);
         }
         // One per country first, so a small demo shows the region.
         let countries: HashSet<&str> = FACILITIES[..4].iter().map(|f| f.country.name).collect();

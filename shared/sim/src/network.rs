@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 
 use feed_publisher::network as parent_network;
 use crate::publisher::Publisher;
-use feedsync_shared::compare::{CompareOptions, Comparison, compare};
-use feedsync_shared::db::{Database, Value};
-use feedsync_shared::model::Model;
-use feedsync_shared::profile::Profile;
+use feedsync_node::compare::{CompareOptions, Comparison, compare};
+use feedsync_db::{Database, Value};
+use feedsync_core::model::Model;
+use feedsync_core::profile::Profile;
 use crate::testdb::{Source, TestDatabase};
 use crate::workload::{self, WorkloadConfig};
 

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use feed_publisher::config::Config;
 use feed_publisher::server::{self, App};
 use feed_publisher::{load_model, sequencer};
-use feedsync_shared::capture;
-use feedsync_shared::db::{Database, Session, Value};
-use feedsync_shared::model::Model;
-use feedsync_shared::profile::Profile;
+use feedsync_node::capture;
+use feedsync_db::{Database, Session, Value};
+use feedsync_core::model::Model;
+use feedsync_core::profile::Profile;
 use crate::workload::{Op, Write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -151,7 +151,7 @@ impl Entry {
     }
     /// (table, key) from the resource link.
     pub fn identity(&self) -> (String, String) {
-        feedsync_shared::resource::parse_resource_link(&self.resource_link(), "").expect("parsable link")
+        feedsync_wire::resource::parse_resource_link(&self.resource_link(), "").expect("parsable link")
     }
 }
 
@@ -245,7 +245,7 @@ pub fn feedparser_check(pages: &BTreeMap<i64, Vec<u8>>) {
 
 /// Reads the row an identity names with hand-written SQL, independent of the publisher's
 /// identity code, for the tables the workload writes.
-pub async fn independent_row(s: &mut Session, table: &str, key: &str) -> Option<feedsync_shared::db::Row> {
+pub async fn independent_row(s: &mut Session, table: &str, key: &str) -> Option<feedsync_db::Row> {
     let (sql, params): (String, Vec<Value>) = match table {
         "patient" => ("SELECT p.* FROM patient p JOIN person x ON x.person_id = p.patient_id WHERE x.uuid = ?".into(), vec![key.into()]),
         "concept_numeric" | "concept_complex" => (

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use feedsync_shared::db::Database;
+use feedsync_db::Database;
 
 /// MariaDB server the database suites use; override with `FEEDSYNC_TEST_MYSQL`.
 pub const DEFAULT_TEST_MYSQL: &str = "mysql://root@127.0.0.1:3306";

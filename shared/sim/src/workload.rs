@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use feedsync_shared::db::{quote_ident, DbError, Dialect, Session, Value};
+use feedsync_db::{DbError, Dialect, Session, Value, quote_ident};
 
 /// What the workload runs. [`Default`] is a run for tests: about 100 transactions, well
 /// under a second on MariaDB.
@@ -1351,7 +1351,7 @@ mod tests {
     #[test]
     fn run_is_send_so_tests_can_spawn_it() {
         fn assert_send<T: Send>(_: &T) {}
-        let db = feedsync_shared::db::Database::from_url("sqlite:///nonexistent/never-opened.sqlite").unwrap();
+        let db = feedsync_db::Database::from_url("sqlite:///nonexistent/never-opened.sqlite").unwrap();
         // Builds the future without polling it: only its type matters.
         let future = async move {
             let mut session = db.session().await.unwrap();
@@ -1481,7 +1481,7 @@ mod tests {
         counts
     }
 
-    async fn find_row(session: &mut Session, write: &Write) -> Option<feedsync_shared::db::Row> {
+    async fn find_row(session: &mut Session, write: &Write) -> Option<feedsync_db::Row> {
         let dialect = session.dialect();
         let condition: Vec<String> =
             write.primary_key.iter().map(|(c, _)| format!("{} = ?", quote_ident(dialect, c))).collect();

@@ -9,9 +9,9 @@ use anyhow::Context;
 use clap::Parser;
 use feed_publisher::config::Config;
 use feed_publisher::{load_model, server};
-use feedsync_shared::capture;
-use feedsync_shared::db::Database;
-use feedsync_shared::profile::Profile;
+use feedsync_node::capture;
+use feedsync_db::Database;
+use feedsync_core::profile::Profile;
 use feedsync_sim::workload::{self, WorkloadConfig};
 
 /// The OpenMRS 2.5 schema and core metadata for SQLite, generated from the real dump.
@@ -77,5 +77,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    feedsync_shared::cli::run_main(run(cli));
+    feedsync_cli::run_main(run(cli));
 }

@@ -20,14 +20,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
-use feedsync_shared::apply::{self, Applied, ApplyError, Change, Refusal};
-use feedsync_shared::capture;
-use feedsync_shared::compare::{self, CompareOptions, Comparison, ResourcePages};
-use feedsync_shared::db::{Session, Value};
-use feedsync_shared::model::{self, Model};
-use feedsync_shared::profile::Profile;
-use feedsync_shared::resource::{LookupCache, Resource, Tombstone};
-use feedsync_shared::schema::read_schema;
+use feedsync_node::apply::{self, Applied, ApplyError, Change, Refusal};
+use feedsync_node::capture;
+use feedsync_node::compare::{self, CompareOptions, Comparison, ResourcePages};
+use feedsync_db::{Session, Value};
+use feedsync_core::model::{self, Model};
+use feedsync_core::profile::Profile;
+use feedsync_node::lookup::LookupCache;
+use feedsync_wire::resource::{Resource, Tombstone};
+use feedsync_db::schema::read_schema;
 use feedsync_sim::testdb::{Source, TestDatabase};
 use feedsync_sim::workload::{self, WorkloadConfig};
 

@@ -2,11 +2,11 @@
 //! creates triggers and snapshots existing rows; writes by plain SQL are journaled; install is
 //! idempotent; uninstall removes exactly what install added.
 
-use feedsync_shared::capture;
-use feedsync_shared::db::Session;
-use feedsync_shared::model;
-use feedsync_shared::profile::Profile;
-use feedsync_shared::schema::read_schema;
+use feedsync_node::capture;
+use feedsync_db::Session;
+use feedsync_core::model;
+use feedsync_core::profile::Profile;
+use feedsync_db::schema::read_schema;
 use feedsync_sim::testdb::{Source, TestDatabase};
 
 async fn table_names(session: &mut Session, schema: &str) -> Vec<String> {
@@ -31,7 +31,7 @@ async fn check_install_cycle(source: Source) {
 
     let mut expected_rows = 0;
     for table in &model.snapshot_order {
-        expected_rows += count(&mut s, &format!("SELECT COUNT(*) FROM {}", feedsync_shared::db::quote_ident(db.dialect(), table))).await;
+        expected_rows += count(&mut s, &format!("SELECT COUNT(*) FROM {}", feedsync_db::quote_ident(db.dialect(), table))).await;
     }
     let report = capture::install(&mut s, &model).await.unwrap();
     assert_eq!(report.triggers_created, 3 * model.entities.len());

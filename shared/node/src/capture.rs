@@ -13,8 +13,10 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::db::{DbResult, Dialect, Session, quote_ident};
-use crate::model::{Entity, Identity, Model, RowSource};
+pub use feedsync_wire::hex;
+
+use feedsync_db::{DbResult, Dialect, Session, quote_ident};
+use feedsync_core::model::{Entity, Identity, Model, RowSource};
 
 /// The reserved prefix of every table and trigger the toolkit adds to a database.
 pub const PREFIX: &str = "feedsync_";
@@ -150,10 +152,6 @@ pub fn trigger_name(table: &str, operation: Operation) -> String {
         cut -= 1;
     }
     format!("{PREFIX}{}_{hash}_{}", &table[..cut], operation.suffix())
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The action tag of a change, as SQL over the old and new row (`OLD`/`NEW` aliases).
@@ -339,7 +337,7 @@ pub async fn install(session: &mut Session, model: &Model) -> DbResult<InstallRe
             drop(progress);
             set_state(session, "snapshot_done", &chrono::Utc::now().to_rfc3339()).await?;
             set_state(session, "capture_version", CAPTURE_VERSION).await?;
-            Ok::<u64, crate::db::DbError>(rows)
+            Ok::<u64, feedsync_db::DbError>(rows)
         }
         .await;
         match result {
@@ -477,7 +475,7 @@ pub struct JournalRow {
 }
 
 impl JournalRow {
-    pub fn from_row(row: &crate::db::Row) -> JournalRow {
+    pub fn from_row(row: &feedsync_db::Row) -> JournalRow {
         JournalRow {
             journal_id: row.i64("journal_id").unwrap_or(0),
             table_name: row.text("table_name").unwrap_or_default(),

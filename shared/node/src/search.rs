@@ -83,7 +83,7 @@ use std::collections::HashMap;
 use chrono::{Days, Months, NaiveDate};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{DbResult, Session, Value};
+use feedsync_db::{DbResult, Session, Value};
 
 /// Most candidates one search returns: a person chooses among them on a screen.
 pub const SEARCH_RESULTS_MAX: usize = 50;

@@ -8,10 +8,8 @@
 
 use std::time::Instant;
 
-use feedsync_shared::db::{Session, Value};
-use feedsync_shared::search::{
-    self, Candidate, NAME_CHUNK_ROWS, NAME_SCORE_MIN, PatientQuery, SEARCH_RESULTS_MAX, SearchStats,
-};
+use feedsync_db::{Session, Value};
+use feedsync_node::search::{self, Candidate, NAME_CHUNK_ROWS, NAME_SCORE_MIN, PatientQuery, SEARCH_RESULTS_MAX, SearchStats};
 use feedsync_sim::testdb::{Source, TestDatabase};
 
 /// Rows per multi-row INSERT when filling the population.

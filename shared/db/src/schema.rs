@@ -4,59 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::db::{DbResult, Dialect, Session};
+use crate::{DbResult, Dialect, Session};
 
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Schema {
-    pub tables: BTreeMap<String, Table>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Table {
-    pub name: String,
-    pub columns: Vec<Column>,
-    /// Primary key columns in key order; empty when the table has none.
-    pub primary_key: Vec<String>,
-    pub foreign_keys: Vec<ForeignKey>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Column {
-    pub name: String,
-    /// Lower-case base type without length, e.g. `int`, `varchar`, `datetime`.
-    pub data_type: String,
-    pub nullable: bool,
-}
-
-/// A single-column declared foreign key (OpenMRS declares no composite ones).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ForeignKey {
-    pub column: String,
-    pub referenced_table: String,
-    pub referenced_column: String,
-}
-
-impl Table {
-    pub fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name))
-    }
-    pub fn has_column(&self, name: &str) -> bool {
-        self.column(name).is_some()
-    }
-}
-
-impl Column {
-    pub fn is_integer(&self) -> bool {
-        matches!(self.data_type.as_str(), "int" | "integer" | "bigint" | "smallint" | "mediumint" | "tinyint")
-    }
-}
-
-/// Normalizes a declared type (`int(11)`, `VARCHAR(255)`, `bigint unsigned`) to its base name.
-pub fn base_type(declared: &str) -> String {
-    let lower = declared.trim().to_ascii_lowercase();
-    let end = lower.find(|c: char| c == '(' || c == ' ').unwrap_or(lower.len());
-    lower[..end].to_owned()
-}
+pub use feedsync_core::schema::{Column, ForeignKey, Schema, Table, base_type};
 
 /// Reads the schema of the database the session is connected to.
 pub async fn read_schema(session: &mut Session, schema_name: &str) -> DbResult<Schema> {

@@ -48,11 +48,11 @@ pub enum ConflictsCommand {
 }
 
 pub async fn conflicts(command: ConflictsCommand) -> anyhow::Result<()> {
-    use crate::exchange;
+    use feedsync_node::exchange;
     let db = match &command {
         ConflictsCommand::List { db, .. } | ConflictsCommand::Resolve { db, .. } => db.clone(),
     };
-    let database = crate::db::Database::from_url(&db)?;
+    let database = feedsync_db::Database::from_url(&db)?;
     let mut session = database.session().await?;
     for ddl in exchange::network_ddl(session.dialect()) {
         session.execute_script(&ddl).await?;
@@ -77,7 +77,7 @@ pub async fn conflicts(command: ConflictsCommand) -> anyhow::Result<()> {
                         if c.entity_conflict { "; one side deleted it" } else { "" }
                     );
                     for field in &c.fields {
-                        let show = |v: &Option<exchange::ConflictFields>| v.as_ref().and_then(|f| f.get(field)).map_or("(absent)".to_owned(), |v| v.to_string());
+                        let show = |v: &Option<feedsync_wire::network::ConflictFields>| v.as_ref().and_then(|f| f.get(field)).map_or("(absent)".to_owned(), |v| v.to_string());
                         println!("  {field}: mine {} | theirs {}", show(mine), show(theirs));
                     }
                     if c.entity_conflict {
@@ -89,8 +89,8 @@ pub async fn conflicts(command: ConflictsCommand) -> anyhow::Result<()> {
         }
         ConflictsCommand::Resolve { id, take, fields, .. } => {
             let take = exchange::Take::parse(&take, &fields).map_err(|e| anyhow::anyhow!(e))?;
-            let schema = crate::schema::read_schema(&mut session, database.schema_name()).await?;
-            let model = crate::model::build(&schema, &crate::profile::Profile::openmrs());
+            let schema = feedsync_db::schema::read_schema(&mut session, database.schema_name()).await?;
+            let model = feedsync_core::model::build(&schema, &feedsync_core::profile::Profile::openmrs());
             let result = exchange::resolve_conflict(&mut session, &model, id, &take).await?;
             println!(
                 "conflict #{id} resolved: the chosen version ({}) is written here and syncs like any local change",

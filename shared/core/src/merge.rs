@@ -7,7 +7,7 @@
 //!
 //! A [`Version`] is an entity's state: [`Version::Absent`] (deleted, or never existed on that
 //! side) or [`Version::Present`] with its columns (the `columns` of a
-//! [`Resource`](crate::resource::Resource); references are `{"ref": {...}}` objects). Values
+//! [`Resource`](feedsync_wire::resource::Resource); references are `{"ref": {...}}` objects). Values
 //! are compared with JSON equality. Inside a present version a missing column counts as the
 //! value "none" (`None`), which differs from JSON `null`.
 //!
@@ -84,17 +84,16 @@
 //! - Convergence: re-merging either side's old version against the result (as the other side),
 //!   with the same base and policy, gives the result again.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::str::FromStr;
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::resource::Resource;
+use feedsync_wire::resource::Resource;
 
 /// An entity's columns: column name to JSON value, as in a resource.
-pub type Fields = BTreeMap<String, Value>;
+pub use feedsync_wire::network::{Policy, UnknownPolicy};
+pub use feedsync_wire::resource::Fields;
 
 /// One side's state of an entity.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +132,14 @@ pub enum Side {
     Child,
 }
 
+/// The side a policy makes win when both sides changed the same field.
+pub fn winner(policy: Policy) -> Side {
+    match policy {
+        Policy::ParentWins => Side::Parent,
+        Policy::ChildWins => Side::Child,
+    }
+}
+
 impl Side {
     pub fn other(self) -> Side {
         match self {
@@ -150,57 +157,6 @@ impl Side {
     }
 }
 
-/// Which side wins a conflict, chosen per category. Written `parent_wins` / `child_wins` in
-/// configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Policy {
-    #[default]
-    ParentWins,
-    ChildWins,
-}
-
-impl Policy {
-    pub const ALL: [Policy; 2] = [Policy::ParentWins, Policy::ChildWins];
-
-    pub fn winner(self) -> Side {
-        match self {
-            Policy::ParentWins => Side::Parent,
-            Policy::ChildWins => Side::Child,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::ParentWins => "parent_wins",
-            Policy::ChildWins => "child_wins",
-        }
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A conflict policy name that is not one of [`Policy::ALL`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown conflict policy `{given}`: expected one of parent_wins, child_wins")]
-pub struct UnknownPolicy {
-    pub given: String,
-}
-
-impl FromStr for Policy {
-    type Err = UnknownPolicy;
-
-    fn from_str(text: &str) -> Result<Policy, UnknownPolicy> {
-        Policy::ALL
-            .into_iter()
-            .find(|policy| policy.as_str() == text)
-            .ok_or_else(|| UnknownPolicy { given: text.into() })
-    }
-}
 
 /// One field both sides changed to different values. `None` is "no such column" (or, for a
 /// deleted side, no entity).
@@ -322,7 +278,7 @@ fn merge_fields(
     policy: Policy,
     audit_fields: &[&str],
 ) -> Merge {
-    let winner = policy.winner();
+    let winner = winner(policy);
     let names: BTreeSet<&String> = parent.keys().chain(child.keys()).collect();
     let mut result = Fields::new();
     let mut conflicts = Vec::new();
@@ -367,7 +323,7 @@ fn delete_versus_edit(
     policy: Policy,
     audit_fields: &[&str],
 ) -> Merge {
-    let winner = policy.winner();
+    let winner = winner(policy);
     let conflicts = edited
         .iter()
         .filter(|(name, value)| !audit_fields.contains(&name.as_str()) && base.get(*name) != Some(*value))
@@ -387,6 +343,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use std::collections::BTreeMap;
 
     const DEFAULT_AUDIT: &[&str] = OPENMRS_AUDIT_FIELDS;
 
@@ -395,7 +352,7 @@ mod tests {
     }
 
     fn concept_ref(key: &str) -> Value {
-        crate::resource::reference_json("concept", Some(key))
+        feedsync_wire::resource::reference_json("concept", Some(key))
     }
 
     fn obs_base() -> Version {
@@ -515,7 +472,7 @@ mod tests {
             assert!(merged.conflicts.is_empty() && !merged.entity_conflict);
             assert_eq!(field(&merged.result, "value_numeric"), Some(&json!(72)));
             assert_eq!(field(&merged.result, "comments"), Some(&json!("after meal")));
-            let stamp_from = policy.winner().pick(&parent, &child);
+            let stamp_from = winner(policy).pick(&parent, &child);
             assert_eq!(field(&merged.result, "date_changed"), field(stamp_from, "date_changed"));
             assert_eq!(field(&merged.result, "changed_by"), field(stamp_from, "changed_by"));
         }
@@ -561,7 +518,7 @@ mod tests {
                     base: Some(json!(70)),
                     parent: Some(json!(72)),
                     child: Some(json!(69)),
-                    winner: policy.winner(),
+                    winner: winner(policy),
                 }]
             );
             assert_eq!(field(&merged.result, "value_numeric"), Some(&expected));
@@ -610,7 +567,7 @@ mod tests {
         let same_reason = voided(&base, "nurse", "2024-01-03", "duplicate");
         let other_reason = voided(&base, "nurse", "2024-01-03", "wrong patient");
         for policy in Policy::ALL {
-            let winner = |child: &Version| policy.winner().pick(&parent, child).clone();
+            let winner = |child: &Version| winner(policy).pick(&parent, child).clone();
             // Same reason: agreement, the stamps follow the policy silently.
             let merged = merge(Some(&base), &parent, &same_reason, policy, DEFAULT_AUDIT);
             assert_eq!(
@@ -656,7 +613,7 @@ mod tests {
             let merged = merge(Some(&base), &edited, &Version::Absent, policy, DEFAULT_AUDIT);
             let expected_result = if edit_wins { edited.clone() } else { Version::Absent };
             let mut expected_conflicts = lost_edits(Side::Parent);
-            expected_conflicts.iter_mut().for_each(|conflict| conflict.winner = policy.winner());
+            expected_conflicts.iter_mut().for_each(|conflict| conflict.winner = winner(policy));
             assert_eq!(
                 merged,
                 Merge {
@@ -672,7 +629,7 @@ mod tests {
             let merged = merge(Some(&base), &Version::Absent, &edited, policy, DEFAULT_AUDIT);
             let expected_result = if edit_wins { edited.clone() } else { Version::Absent };
             let mut expected_conflicts = lost_edits(Side::Child);
-            expected_conflicts.iter_mut().for_each(|conflict| conflict.winner = policy.winner());
+            expected_conflicts.iter_mut().for_each(|conflict| conflict.winner = winner(policy));
             assert_eq!(
                 merged,
                 Merge {
@@ -714,7 +671,7 @@ mod tests {
             for policy in Policy::ALL {
                 let merged = merge(base, &parent, &identical, policy, DEFAULT_AUDIT);
                 assert_eq!(merged.outcome, Outcome::Merged, "only creation stamps differ");
-                assert_eq!(merged.result, policy.winner().pick(&parent, &identical).clone());
+                assert_eq!(merged.result, winner(policy).pick(&parent, &identical).clone());
 
                 let merged = merge(base, &parent, &different, policy, DEFAULT_AUDIT);
                 assert_eq!(merged.outcome, Outcome::Conflict);
@@ -723,7 +680,7 @@ mod tests {
                     ["birthdate", "given_name"],
                     "with no base every difference conflicts"
                 );
-                assert_eq!(merged.result, policy.winner().pick(&parent, &different).clone());
+                assert_eq!(merged.result, winner(policy).pick(&parent, &different).clone());
             }
         }
     }
@@ -736,8 +693,8 @@ mod tests {
             assert_eq!(serde_json::from_value::<Policy>(json!(policy.to_string())).unwrap(), policy);
         }
         assert_eq!(Policy::default(), Policy::ParentWins);
-        assert_eq!(Policy::ParentWins.winner(), Side::Parent);
-        assert_eq!(Policy::ChildWins.winner(), Side::Child);
+        assert_eq!(winner(Policy::ParentWins), Side::Parent);
+        assert_eq!(winner(Policy::ChildWins), Side::Child);
         let error = "parent-wins".parse::<Policy>().unwrap_err();
         let message = error.to_string();
         assert!(message.contains("`parent-wins`"), "{message}");
@@ -891,7 +848,7 @@ mod tests {
             let case = Case::generate(seed);
             if let Err(why) = check(&case) {
                 panic!(
-                    "property `{property}` fails for seed {seed} (rerun: MERGE_PROPERTY_SEED={seed} cargo test -p feedsync-shared --lib merge): {why}\n{case:#?}\nmerge: {:#?}",
+                    "property `{property}` fails for seed {seed} (rerun: MERGE_PROPERTY_SEED={seed} cargo test -p feedsync-core --lib merge): {why}\n{case:#?}\nmerge: {:#?}",
                     case.merge()
                 );
             }
@@ -1035,7 +992,7 @@ mod tests {
             if (merged.outcome == Outcome::Conflict) != (merged.entity_conflict || !merged.conflicts.is_empty()) {
                 return Err(format!("outcome {:?} disagrees with the conflicts recorded", merged.outcome));
             }
-            let winner = case.policy.winner();
+            let winner = winner(case.policy);
             for conflict in &merged.conflicts {
                 let name = conflict.field.as_str();
                 let recorded = (conflict.base.as_ref(), conflict.parent.as_ref(), conflict.child.as_ref());

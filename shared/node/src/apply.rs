@@ -17,9 +17,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
-use crate::db::{DbError, Dialect, Row, Session, Value, quote_ident};
-use crate::model::{Entity, Model};
-use crate::resource::{Resource, Tombstone, find_row, identity_condition, referenced_value};
+use feedsync_db::{DbError, Dialect, Row, Session, Value, quote_ident};
+use feedsync_core::model::{Entity, Model};
+use crate::lookup::{find_row, identity_condition, referenced_value};
+use feedsync_wire::resource::{Resource, Tombstone};
 
 /// What applying one change did.
 #[derive(Debug, Clone, PartialEq)]
@@ -647,9 +648,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::{Identity, Reference, ValueReference};
-    use crate::resource::{content_hash, reference_json, value_json};
-    use crate::schema::Column;
+    use feedsync_core::model::{Identity, Reference, ValueReference};
+    use crate::lookup::value_json;
+    use feedsync_wire::resource::{content_hash, reference_json};
+    use feedsync_db::schema::Column;
 
     /// xorshift64*: seeded and tiny; every generated case reproduces from its seed.
     struct Cases(u64);

@@ -19,9 +19,10 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 use crate::capture::PREFIX;
-use crate::db::{DbResult, Session, Value, quote_ident};
-use crate::model::{Entity, Identity, Model, RowSource};
-use crate::resource::{LookupCache, Resource, find_row, render};
+use feedsync_db::{DbResult, Session, Value, quote_ident};
+use feedsync_core::model::{Entity, Identity, Model, RowSource};
+use crate::lookup::{LookupCache, find_row, render};
+use feedsync_wire::resource::Resource;
 
 #[derive(Debug, Clone)]
 pub struct CompareOptions {
@@ -479,7 +480,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::resource::{content_hash, reference_json};
+    use feedsync_wire::resource::{content_hash, reference_json};
 
     #[test]
     fn large_tables_get_enough_buckets() {

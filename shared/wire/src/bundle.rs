@@ -530,7 +530,7 @@ fn file_cipher(token_hash_hex: &str) -> Result<XChaCha20Poly1305, BundleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::hex;
+    use crate::hex;
     use sha2::Digest;
 
     fn token_hash(token: &str) -> String {

@@ -17,15 +17,17 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+
 use sha2::{Digest, Sha256};
 
 use crate::apply::{self, Applied, ApplyError};
-use crate::capture::hex;
-use crate::db::{DbResult, Dialect, Session, Value, quote_ident};
-use crate::merge::{self, Fields, Policy, Side, Version};
-use crate::model::Model;
-use crate::resource::{self, LookupCache, Resource, Tombstone, content_hash};
+use feedsync_wire::hex;
+use feedsync_db::{DbResult, Dialect, Session, Value, quote_ident};
+use feedsync_core::merge::{self, Fields, Side, Version};
+use feedsync_core::model::Model;
+use crate::lookup::LookupCache;
+use feedsync_wire::network::{Base, Conflict, HeldItem, Item, PolicyConfig, PushRequest};
+use feedsync_wire::resource::{Resource, Tombstone, content_hash};
 
 pub const CHILD_TABLE: &str = "feedsync_child";
 pub const CATCHMENT_TABLE: &str = "feedsync_catchment";
@@ -41,14 +43,6 @@ pub const OUTBOX_TABLE: &str = "feedsync_outbox";
 pub const ORIGIN_PARENT: &str = "parent";
 /// The peer name under which a child keeps what it holds from its parent.
 pub const PEER_PARENT: &str = "parent";
-
-pub const NETWORK_PATH: &str = "/ws/feedsync/network";
-/// Items per push or change page, and the most a parent accepts in one push.
-pub const ITEMS_PER_MESSAGE_MAX: usize = 500;
-/// Largest push body a parent accepts.
-pub const PUSH_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Largest patient record a fetch returns, in rows.
-pub const RECORD_ROWS_MAX: usize = 100_000;
 
 pub fn child_origin(name: &str) -> String {
     format!("child:{name}")
@@ -189,194 +183,10 @@ pub fn hashes_equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-// ---- wire types ----
-
-/// One entity's state as exchanged: present (`resource`) or deleted (no resource).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Item {
-    /// The event number on the sending side (0 for rows of a fetched record).
-    pub seq: i64,
-    pub table: String,
-    pub key: String,
-    pub category: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource: Option<Resource>,
-    /// Push only: the version this entity had when the two sides last agreed; absent when
-    /// they never exchanged it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base: Option<Base>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Base {
-    /// `None`: the entity did not exist when the sides last agreed.
-    pub columns: Option<Fields>,
-}
-
-impl Item {
-    pub fn version(&self) -> Version {
-        match &self.resource {
-            Some(r) => Version::Present(r.columns.clone()),
-            None => Version::Absent,
-        }
-    }
-}
-
-/// What a parent tells a child about its registration and the network's rules.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hello {
-    pub child: String,
-    /// Categories this child may push; `*` for all.
-    pub categories: Vec<String>,
-    pub policy: PolicyConfig,
-    pub last_seq: i64,
-    /// Operator actions waiting for this child.
-    #[serde(default)]
-    pub commands: Vec<Command>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// Who wins when both sides changed the same field: `parent_wins` (the version that
-    /// reached the parent first) or `child_wins`.
-    pub conflict_policy: Policy,
-    /// Per category, overriding `conflict_policy`.
-    pub conflict_policy_by_category: BTreeMap<String, Policy>,
-}
-
-impl PolicyConfig {
-    pub fn policy(&self, category: &str) -> Policy {
-        self.conflict_policy_by_category.get(category).copied().unwrap_or(self.conflict_policy)
-    }
-}
-
-pub fn category_allowed(categories: &[String], category: &str) -> bool {
-    categories.iter().any(|c| c == "*" || c == category)
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PushRequest {
-    /// The last event number on the child this push covers (including events it leaves out).
-    pub through_seq: i64,
-    pub items: Vec<Item>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PushStatus {
-    /// Merged and applied; `result` is the parent's version now.
-    Applied,
-    /// Covered by an earlier push; `result` is the parent's version now.
-    Already,
-    /// Kept at the parent until it can apply (a reference not there yet, a refusal): `reason`.
-    Held,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PushResult {
-    pub table: String,
-    pub key: String,
-    pub status: PushStatus,
-    /// The parent's version after this push (absent: deleted there).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Resource>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conflict_id: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PushResponse {
-    pub acked_through: i64,
-    pub results: Vec<PushResult>,
-}
-
-/// What a child tells its parent at the end of each round, for the parent's status views
-/// (`feed-publisher child list`, the dashboard): how far behind it is, what it holds and
-/// why, and the conflicts found there.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ChildReport {
-    /// Own events the parent has not acknowledged yet.
-    pub pending_push: i64,
-    /// The last parent event applied here.
-    pub pull_after: i64,
-    /// Items from the parent held here until they can apply (at most 100), and how many in all.
-    pub held: Vec<HeldItem>,
-    pub held_total: i64,
-    /// Open conflicts found here (at most 100), and how many in all.
-    pub conflicts: Vec<Conflict>,
-    pub open_conflicts: i64,
-    /// The round that just ended.
-    pub round: RoundSummary,
-    /// Commands from the parent carried out since the last report, with what happened.
-    pub done_commands: Vec<CommandResult>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RoundSummary {
-    pub pushed: i64,
-    pub pulled: i64,
-    pub held_at_parent: i64,
-    pub conflicts: i64,
-    pub duration_ms: i64,
-    /// The round's error, when it ended with one.
-    pub error: Option<String>,
-}
-
-/// An operator's action on a child, decided at the parent (from the dashboard) and carried out
-/// by the child at its next round.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Command {
-    pub id: i64,
-    pub action: CommandAction,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum CommandAction {
-    /// Try a held item again now.
-    RetryHeld { held_id: i64 },
-    /// Drop a held item; the reason is kept in the audit log at both ends.
-    SkipHeld { held_id: i64, reason: String },
-    /// Resolve a conflict found at the child.
-    ResolveConflict { conflict_id: i64, take: String, fields: Vec<String> },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CommandResult {
-    pub id: i64,
-    pub ok: bool,
-    pub message: String,
-}
-
-/// A page of the parent's changes for one child.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Changes {
-    pub items: Vec<Item>,
-    /// The last parent event this page covers (ask for `after=through` next).
-    pub through: i64,
-    /// More events follow.
-    pub more: bool,
-}
-
-/// A patient's whole record, parents before children.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    pub patient_uuid: String,
-    pub items: Vec<Item>,
-}
-
-// ---- local state ----
-
-/// The local entity as a version, with its resource when present.
 pub async fn current(session: &mut Session, model: &Model, table: &str, key: &str, cache: &mut LookupCache) -> DbResult<Option<Resource>> {
     let Some(entity) = model.entity(table) else { return Ok(None) };
-    match resource::find_row(session, model, table, key).await? {
-        Some(row) => Ok(Some(resource::render(session, model, entity, key, &row, cache).await?)),
+    match crate::lookup::find_row(session, model, table, key).await? {
+        Some(row) => Ok(Some(crate::lookup::render(session, model, entity, key, &row, cache).await?)),
         None => Ok(None),
     }
 }
@@ -388,12 +198,12 @@ pub async fn current(session: &mut Session, model: &Model, table: &str, key: &st
 /// merge's read and its write (it would be overwritten without a trace: a lost update).
 pub async fn current_locked(session: &mut Session, model: &Model, table: &str, key: &str, cache: &mut LookupCache) -> DbResult<Option<Resource>> {
     let Some(entity) = model.entity(table) else { return Ok(None) };
-    let Some((condition, params)) = resource::identity_condition(session, model, entity, key).await? else { return Ok(None) };
+    let Some((condition, params)) = crate::lookup::identity_condition(session, model, entity, key).await? else { return Ok(None) };
     let dialect = session.dialect();
     let lock = if dialect == Dialect::MySql { " FOR UPDATE" } else { "" };
     let sql = format!("SELECT * FROM {} WHERE {condition}{lock}", quote_ident(dialect, table));
     match session.query(&sql, &params).await?.into_iter().next() {
-        Some(row) => Ok(Some(resource::render(session, model, entity, key, &row, cache).await?)),
+        Some(row) => Ok(Some(crate::lookup::render(session, model, entity, key, &row, cache).await?)),
         None => Ok(None),
     }
 }
@@ -614,42 +424,11 @@ async fn record_conflict(session: &mut Session, c: &NewConflict<'_>) -> DbResult
     Ok(id)
 }
 
-pub type ConflictFields = Fields;
-
-/// A conflict record as `conflicts list` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Conflict {
-    pub id: i64,
-    pub table: String,
-    pub key: String,
-    pub category: String,
-    /// `parent` or `child`: which side this database is.
-    pub site_side: String,
-    pub peer: String,
-    pub detected_at: String,
-    pub winner: String,
-    pub entity_conflict: bool,
-    pub fields: Vec<String>,
-    pub base: Option<Fields>,
-    pub parent_version: Option<Fields>,
-    pub child_version: Option<Fields>,
-    pub result: Option<Fields>,
-    pub status: String,
-    pub resolution: Option<String>,
-}
-
-impl Conflict {
-    /// This database's version in the conflict and the other side's.
-    pub fn mine_theirs(&self) -> (&Option<Fields>, &Option<Fields>) {
-        if self.site_side == "parent" { (&self.parent_version, &self.child_version) } else { (&self.child_version, &self.parent_version) }
-    }
-}
-
 fn parse_fields(text: Option<String>) -> Option<Fields> {
     text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
-fn conflict_from_row(r: &crate::db::Row) -> Conflict {
+fn conflict_from_row(r: &feedsync_db::Row) -> Conflict {
     Conflict {
         id: r.i64("conflict_id").unwrap_or_default(),
         table: r.text("table_name").unwrap_or_default(),
@@ -738,7 +517,7 @@ pub enum ResolveError {
     #[error("conflict #{id}: the chosen version cannot be applied: {message}")]
     Apply { id: i64, message: String },
     #[error("{0}")]
-    Database(#[from] crate::db::DbError),
+    Database(#[from] feedsync_db::DbError),
 }
 
 /// Writes the chosen version as a local change (so it syncs everywhere like any change) and
@@ -835,16 +614,6 @@ pub async fn supersede_held(session: &mut Session, peer: &str, table: &str, key:
     session.execute(&format!("DELETE FROM {INBOX_TABLE} WHERE peer = ? AND table_name = ? AND entity_key = ?"), &[peer.into(), table.into(), key.into()]).await
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HeldItem {
-    pub id: i64,
-    pub peer: String,
-    pub item: Item,
-    pub reason: String,
-    pub attempts: i64,
-    pub received_at: String,
-}
-
 pub async fn held_items(session: &mut Session, peer: Option<&str>, limit: i64) -> DbResult<Vec<HeldItem>> {
     let (filter, params): (&str, Vec<Value>) = match peer {
         Some(p) => ("WHERE peer = ?", vec![p.into()]),
@@ -901,7 +670,7 @@ pub async fn attempt(session: &mut Session, receiver: &Receiver<'_>, item: &Item
     }
 }
 
-fn unavailable(item: &Item, e: crate::db::DbError) -> ApplyError {
+fn unavailable(item: &Item, e: feedsync_db::DbError) -> ApplyError {
     ApplyError::Unavailable { table: item.table.clone(), key: item.key.clone(), message: e.to_string() }
 }
 
@@ -973,6 +742,7 @@ pub async fn audit(session: &mut Session, actor: &str, action: &str, patient_uui
 #[cfg(test)]
 mod tests {
     use super::*;
+    use feedsync_wire::network::category_allowed;
 
     #[test]
     fn tokens_name_their_child_and_hash_stably() {

@@ -14,12 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use mysql_async::prelude::Queryable;
 
-/// SQL flavour, for the few statements whose text differs (DDL, triggers, upserts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    MySql,
-    Sqlite,
-}
+pub use feedsync_core::sql::{Dialect, format_datetime, quote_ident};
+
+pub mod schema;
 
 /// One column value as the toolkit sees it. Dates and times are `Text` in the canonical
 /// `YYYY-MM-DD HH:MM:SS[.ffffff]` form on both backends, so hashes and comparisons agree.
@@ -465,15 +462,6 @@ fn convert_mysql_value(v: mysql_async::Value, binary: bool, decimal: bool) -> Va
     }
 }
 
-/// The one datetime text form used everywhere (MySQL's own, without zone).
-pub fn format_datetime(y: u16, mo: u8, d: u8, h: u8, mi: u8, s: u8, us: u32) -> String {
-    if us == 0 {
-        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
-    } else {
-        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}")
-    }
-}
-
 fn mysql_error(e: mysql_async::Error, target: &str, sql: &str) -> DbError {
     match e {
         mysql_async::Error::Server(server) => {
@@ -532,15 +520,6 @@ fn sqlite_query(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> rus
         out.push(Row { columns: names.clone(), values });
     }
     Ok(out)
-}
-
-/// Quotes an identifier for the dialect. Table and column names come from the schema the
-/// database reported, never from a request.
-pub fn quote_ident(dialect: Dialect, name: &str) -> String {
-    match dialect {
-        Dialect::MySql => format!("`{}`", name.replace('`', "``")),
-        Dialect::Sqlite => format!("\"{}\"", name.replace('"', "\"\"")),
-    }
 }
 
 #[cfg(test)]

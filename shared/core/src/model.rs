@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::db::{Dialect, quote_ident};
+use crate::sql::{Dialect, quote_ident};
 use crate::profile::{IdentityRule, Profile};
 use crate::schema::{Column, Schema};
 

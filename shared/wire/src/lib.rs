@@ -1,0 +1,12 @@
+//! Every type the toolkit serializes on the wire or on a USB stick, and nothing else: the
+//! resources and batch fetch the publisher serves (`resource`), the parent/child protocol
+//! (`network`), and the sealed USB file format (`bundle`). No IO, no database.
+
+pub mod bundle;
+pub mod network;
+pub mod resource;
+
+/// Lower-case hex of bytes: content hashes, token hashes, fingerprints.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
