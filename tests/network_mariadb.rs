@@ -398,7 +398,7 @@ async fn round_loop(net: Arc<Network>, site: &'static str, stop: Arc<AtomicBool>
     loop {
         let last = stop.load(Ordering::SeqCst);
         let mut session = net.publisher.app.database.session().await.unwrap();
-        match feed_publisher::sequencer::drain(&mut session, &net.publisher.app.model, &net.publisher.app.config, 1_000).await {
+        match feedsync_node::sequencer::drain(&mut session, &net.publisher.app.model, &net.publisher.app.config, 1_000).await {
             Ok(_) => {}
             Err(e) if is_lock_conflict(&e) => stats.retried.push(format!("parent's sequencer: {e}")),
             Err(e) => panic!("parent's sequencer: {e}"),

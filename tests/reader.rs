@@ -20,9 +20,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use feed_publisher::config::Config;
+use feedsync_node::config::Config;
 use feed_publisher::server::{self, App};
-use feed_publisher::{load_model, sequencer};
+use feedsync_node::{load_model, sequencer};
 use feed_subscriber::client::{ClientError, ClientLimits, Fetched, HttpClient};
 use feed_subscriber::reader::{EntryContent, FeedReader, Marker, ReadBatch, ReadError};
 use feedsync_node::capture;

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-use feed_publisher::config::Config;
+use feedsync_node::config::Config;
 use feed_publisher::network::{self as parent_network, Child};
 use feed_subscriber::network::{ChildNode, LinkError, ParentLink};
 use feedsync_node::capture;
@@ -704,14 +704,14 @@ async fn build_template() -> Option<Template> {
     let started = Instant::now();
     let parent_db = TestDatabase::create(Source::Sqlite25)?;
     let child_db = TestDatabase::create(Source::Sqlite25)?;
-    let model = feed_publisher::load_model(&parent_db.database, &Profile::openmrs()).await.unwrap();
+    let model = feedsync_node::load_model(&parent_db.database, &Profile::openmrs()).await.unwrap();
     let sequencer = Config { database_url: String::new(), ..Config::default() };
     {
         let mut session = parent_db.database.session().await.unwrap();
         capture::install(&mut session, &model).await.unwrap();
         parent_network::prepare(&mut session).await.unwrap();
         parent_network::add_child(&mut session, "template", &[], false).await.unwrap();
-        feed_publisher::sequencer::drain(&mut session, &model, &sequencer, 100_000).await.unwrap();
+        feedsync_node::sequencer::drain(&mut session, &model, &sequencer, 100_000).await.unwrap();
     }
     let parent = Rc::new(ParentNode {
         database: parent_db.database.clone(),
@@ -728,7 +728,7 @@ async fn build_template() -> Option<Template> {
     node.prepare().await.unwrap();
     for _ in 0..10 {
         let mut session = parent.database.session().await.unwrap();
-        feed_publisher::sequencer::drain(&mut session, &model, &sequencer, 100_000).await.unwrap();
+        feedsync_node::sequencer::drain(&mut session, &model, &sequencer, 100_000).await.unwrap();
         if !node.round().await.unwrap().moved() {
             break;
         }
@@ -939,7 +939,7 @@ impl World {
     async fn drain_parent(&self) -> Result<usize, String> {
         let parent = &self.parent;
         let mut session = parent.kept.take().await.map_err(text)?;
-        let n = feed_publisher::sequencer::drain(&mut session, &parent.model, &parent.sequencer, 100_000)
+        let n = feedsync_node::sequencer::drain(&mut session, &parent.model, &parent.sequencer, 100_000)
             .await
             .map_err(|e| format!("the parent's sequencer: {e}"))?;
         parent.kept.give(session);

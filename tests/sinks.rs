@@ -665,7 +665,7 @@ async fn applying_a_feed_tells_openmrs_about_every_written_person_row_and_replay
         let (names_before, identifiers_before) = (uuids(&mut session, "person_name").await, uuids(&mut session, "patient_identifier").await);
         let openmrs = FakeServer::start(|_, _| (204, JSON, String::new())).await;
         let (notifier, handle) = Notifier::new(quick_notifier(openmrs.url("/openmrs"), Some(target.database.clone())));
-        let model = feed_publisher::load_model(&target.database, &feedsync_core::profile::Profile::openmrs()).await.unwrap();
+        let model = feedsync_node::load_model(&target.database, &feedsync_core::profile::Profile::openmrs()).await.unwrap();
         let subscriber =
             feed_subscriber::engine::Subscriber::new(target.database.clone(), model, quick_client(), String::new()).with_notifier(notifier.clone());
         let feed = [all_feed(&publisher)];

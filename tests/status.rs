@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use feed_publisher::config::Config;
+use feedsync_node::config::Config;
 use feed_publisher::metrics::{Sample, find, parse_exposition};
 use feed_publisher::network as parent_network;
 use feed_publisher::status::{self, Status};

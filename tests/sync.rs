@@ -18,7 +18,7 @@ use feedsync_sim::testdb::{Source, TestDatabase};
 use feedsync_sim::workload::{self, WorkloadConfig};
 
 async fn model_of(database: &Database) -> Model {
-    feed_publisher::load_model(database, &Profile::openmrs()).await.unwrap()
+    feedsync_node::load_model(database, &Profile::openmrs()).await.unwrap()
 }
 
 fn subscriber(database: &Database, model: Model) -> Subscriber {

@@ -361,7 +361,7 @@ async fn the_command_line_does_the_round_trip_with_files() {
         None => {
             eprintln!("feed-publisher is not built with `usb` next to feed-subscriber: the parent's side runs through the library");
             let imported = parent_import(&net, &std::fs::read(&export_file).unwrap()).await.unwrap();
-            parent_usb::write_file_atomically(&reply_file, &imported.reply).unwrap();
+            feedsync_node::usb::write_file_atomically(&reply_file, &imported.reply).unwrap();
         }
     }
 

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, ensure};
-use feed_publisher::config::Config;
-use feed_publisher::{load_model, sequencer};
+use feedsync_node::config::Config;
+use feedsync_node::{load_model, sequencer};
 use feedsync_node::capture::{self, InstallReport};
 use feedsync_db::Database;
 use feedsync_core::model::Model;

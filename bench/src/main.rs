@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use feed_publisher::config::Config;
+use feedsync_node::config::Config;
 use feedsync_sim::workload::{self, WorkloadConfig};
 use serde_json::json;
 

@@ -7,9 +7,9 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use feed_publisher::config::Config;
-use feed_publisher::feed::{self, PageLinks};
-use feed_publisher::sequencer::{self, ALL_FEED};
+use feedsync_node::config::Config;
+use feedsync_node::feed::{self, PageLinks};
+use feedsync_node::sequencer::{self, ALL_FEED};
 use feedsync_node::capture::EVENT_TABLE;
 use feedsync_db::Session;
 use feedsync_core::model::Model;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::ensure;
-use feed_publisher::config::Config;
+use feedsync_node::config::Config;
 use feed_publisher::server::{self, App};
 use feedsync_db::Database;
 use feedsync_core::model::Model;

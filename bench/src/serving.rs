@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use feed_publisher::sequencer::ALL_FEED;
+use feedsync_node::sequencer::ALL_FEED;
 use feedsync_wire::resource::BATCH_PATH;
 
 use crate::client::{self, Connection, LoadResult};

@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use feed_publisher::config::Config;
-use feed_publisher::sequencer;
+use feedsync_node::config::Config;
+use feedsync_node::sequencer;
 use feedsync_db::Database;
 use feedsync_sim::workload::{self, WorkloadConfig, WorkloadLog};
 

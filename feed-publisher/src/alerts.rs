@@ -29,7 +29,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::AlertsConfig;
+use feedsync_node::config::AlertsConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

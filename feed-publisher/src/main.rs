@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use feed_publisher::config::Config;
+use feedsync_node::config::Config;
 use feed_publisher::server;
-use feed_publisher::load_model;
+use feedsync_node::load_model;
 use feedsync_node::capture;
 use feedsync_db::Database;
 use feedsync_core::model::Model;
@@ -302,12 +302,13 @@ fn read_usb_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn usb_command(command: UsbCommand) -> anyhow::Result<()> {
-    use feed_publisher::{sequencer, usb};
+    use feed_publisher::usb;
+    use feedsync_node::sequencer;
     match command {
         UsbCommand::Inspect { input } => {
             let bytes = read_usb_file(&input)?;
             let header = feedsync_wire::bundle::read_header(&bytes).with_context(|| format!("{}", input.display()))?;
-            println!("{}", usb::describe_header(&header));
+            println!("{}", feedsync_node::usb::describe_header(&header));
         }
         UsbCommand::Import { common, input, reply_out } => {
             let bytes = read_usb_file(&input)?;
@@ -322,7 +323,7 @@ async fn usb_command(command: UsbCommand) -> anyhow::Result<()> {
             sequencer::drain(&mut session, &model, &config, 100_000).await?;
             let imported = usb::import(&mut session, &model, &config.network, &bytes).await.with_context(|| format!("{}", input.display()))?;
             sequencer::drain(&mut session, &model, &config, 100_000).await?;
-            usb::write_file_atomically(&reply_out, &imported.reply).with_context(|| {
+            feedsync_node::usb::write_file_atomically(&reply_out, &imported.reply).with_context(|| {
                 format!(
                     "the export was imported, but the reply could not be written to {} (stick full, read-only or removed?); import the same export again \
                      to write the reply: it applies nothing twice",

@@ -25,9 +25,9 @@ use feedsync_core::model::Model;
 use feedsync_node::lookup::LookupCache;
 use feedsync_wire::resource::{self, BATCH_PATH, BatchItem, BatchRequest, BatchResponse, RESOURCE_PATH, Tombstone};
 
-use crate::config::Config;
-use crate::feed::{self, ATOMFEED_PATH, PageLinks};
-use crate::sequencer::{self, ALL_FEED};
+use feedsync_node::config::Config;
+use feedsync_node::feed::{self, ATOMFEED_PATH, PageLinks};
+use feedsync_node::sequencer::{self, ALL_FEED};
 
 pub const HEALTH_PATH: &str = "/ws/feedsync/health";
 /// Bodies smaller than this are sent uncompressed: gzip's header would outweigh the saving.

@@ -36,9 +36,9 @@ use feedsync_node::exchange::{CHILD_TABLE, CONFLICT_TABLE, INBOX_TABLE};
 use feedsync_wire::network::RoundSummary;
 
 use crate::alerts::{self, Alert, ChildFacts, Event, Facts, QUEUE_PENDING_PUSH, QUEUE_WAITING_TO_CHILD, Transitions};
-use crate::config::{AlertsConfig, Config, QUEUE_OBSERVATIONS_MAX};
+use feedsync_node::config::{AlertsConfig, Config, QUEUE_OBSERVATIONS_MAX};
 use crate::network::{self, AdminError};
-use crate::sequencer::ALL_FEED;
+use feedsync_node::sequencer::ALL_FEED;
 use crate::server::{App, HttpError, Reply};
 
 pub const STATUS_PATH: &str = "/ws/feedsync/status";

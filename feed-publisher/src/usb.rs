@@ -24,91 +24,24 @@
 //! The payload types are defined here because both binaries link this crate; they are plain
 //! JSON of the network's wire types (`feedsync_node::exchange`).
 
-use std::io::Write;
-use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+
+use serde::Serialize;
 
 use feedsync_wire::bundle::{self, BundleError, Direction, Header};
 use feedsync_node::capture::EVENT_TABLE;
 use feedsync_db::{DbError, Dialect, Session, Value};
 use feedsync_node::exchange::{self, AUDIT_TABLE, CHILD_TABLE};
-use feedsync_wire::network::{Changes, Hello, ITEMS_PER_MESSAGE_MAX, Item, PolicyConfig, PushRequest, PushResponse, PushStatus};
+use feedsync_wire::network::{Changes, Hello, ITEMS_PER_MESSAGE_MAX, Item, PolicyConfig, PushRequest, PushStatus};
 use feedsync_core::model::Model;
 
 use crate::network::{self, AdminError, Child};
+use feedsync_node::usb::{describe_range, now};
+use feedsync_wire::usb::{AnsweredPush, ExportPayload, REPLY_CHANGES_BYTES_MAX, REPLY_PAGES_MAX, ReplyPayload};
 use crate::server::HttpError;
 
 /// The audit action of an import.
 pub const AUDIT_ACTION_IMPORT: &str = "usb-import";
-/// Most pushes (of at most [`ITEMS_PER_MESSAGE_MAX`] items each) in one export.
-pub const EXPORT_PUSHES_MAX: usize = 2_000;
-/// Most JSON bytes of pushes in one export. Both sides hold a payload in memory several times
-/// over while they parse it, so this stays well below the bundle's own limit; a child with
-/// more to send says so and sends the rest in its next export.
-pub const EXPORT_PUSH_BYTES_MAX: usize = 128 * 1024 * 1024;
-/// Most pages of changes (of at most [`ITEMS_PER_MESSAGE_MAX`] items each) in one reply.
-pub const REPLY_PAGES_MAX: usize = 1_000;
-/// Most JSON bytes of changes in one reply (see [`EXPORT_PUSH_BYTES_MAX`]); a reply that stops
-/// here says the parent has more, which the child receives with its next export's reply or
-/// online.
-pub const REPLY_CHANGES_BYTES_MAX: usize = 128 * 1024 * 1024;
-
-/// The payload of an export (a `to_parent` bundle).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExportPayload {
-    /// The child's name (the same as the header's, which is authenticated with it).
-    pub child: String,
-    /// The child's acknowledged position when it exported: the pushes cover its own events
-    /// after this one.
-    pub push_after: i64,
-    /// Consecutive pushes, as the child would send them online (`through_seq` increasing).
-    /// Each item's `seq` is the entity's latest event at the child when it exported (its
-    /// state is that new), not its first event in the push.
-    pub pushes: Vec<PushRequest>,
-    /// Per push, per item: the entity's first own event after `push_after`. With `seq`, it
-    /// tells the parent whether the export carries again a row the parent already received
-    /// from a newer base (see [`UsbError::StaleExport`]).
-    pub first_own_seqs: Vec<Vec<i64>>,
-    /// More unacknowledged events remained than one file holds.
-    pub more: bool,
-    /// The last parent event the child had applied: the reply carries the changes after it.
-    pub pull_after: i64,
-}
-
-/// A push of the export with the parent's answer to it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AnsweredPush {
-    /// The push as the parent applied it: without the items the child may not write and
-    /// without bases (the child's answer handling needs neither).
-    pub push: PushRequest,
-    pub response: PushResponse,
-}
-
-/// The payload of a reply (a `to_child` bundle).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplyPayload {
-    pub child: String,
-    /// The child's registration and the network's rules, as `GET hello` gives them online;
-    /// `last_seq` is the parent's last event when the reply was made.
-    pub hello: Hello,
-    /// The export this answers: its header's range and creation time.
-    pub export_from_seq: i64,
-    pub export_to_seq: i64,
-    pub export_created_at: String,
-    pub pushes: Vec<AnsweredPush>,
-    /// Items of the export left out because the child may not write their category.
-    pub not_allowed: usize,
-    /// The parent's changes for the child after this event (the export's `pull_after`) ...
-    pub pull_after: i64,
-    /// ... in consecutive pages: each starts after the previous one's `through`.
-    pub changes: Vec<Changes>,
-    /// The parent has more changes for the child than this file holds.
-    pub more_changes: bool,
-}
 
 /// Why an import failed. Nothing is applied from a file that fails to open; an import that
 /// fails while applying keeps the pushes it finished (each is one transaction), and importing
@@ -242,9 +175,6 @@ impl Imported {
     }
 }
 
-fn describe_range(from_seq: i64, to_seq: i64, what: &str) -> String {
-    if to_seq < from_seq { format!("no {what} after {}", from_seq - 1) } else { format!("{what} {from_seq} to {to_seq}") }
-}
 
 /// Imports a child's export: checks its provenance, applies its pushes, and returns the reply
 /// with the parent's answers and the changes for the child. The caller sequences the parent's
@@ -488,60 +418,10 @@ async fn last_event(session: &mut Session) -> Result<i64, DbError> {
     Ok(rows.first().and_then(|r| r.i64("n")).unwrap_or_default())
 }
 
-/// A bundle's creation time: now, UTC, RFC 3339 to the millisecond.
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// A bundle's header for `usb inspect`, one field a line. Reads no key: the header is shown as
-/// the file carries it, and is authenticated only when the file is imported.
-pub fn describe_header(header: &Header) -> String {
-    let (what, range, next) = match header.direction {
-        Direction::ToParent => {
-            ("an export from the child", describe_range(header.from_seq, header.to_seq, "child events"), "import it at the parent: feed-publisher usb import")
-        }
-        Direction::ToChild => {
-            ("a reply from the parent", describe_range(header.from_seq, header.to_seq, "parent events"), "import it at the child: feed-subscriber usb import")
-        }
-    };
-    let mut text = format!("child:      {}\ndirection:  {} ({what})\nevents:     {range}\n", header.child, header.direction);
-    if let Some(answers) = header.answers_to_seq {
-        text += &format!("answers:    the child's export up to its event {answers}\n");
-    }
-    text += &format!(
-        "created_at: {}\npayload:    {} bytes before compression, encrypted\nformat:     {}\nnext:       {next}",
-        header.created_at, header.payload_bytes, header.format
-    );
-    text
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder, synced, then renamed
-/// over `path`: a stick pulled out mid-write leaves the old file or none, never half a file.
-pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"))?;
-    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let temporary = folder.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&temporary, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written?;
-    // Best effort: the rename itself reaches the disk (FAT sticks cannot sync a folder).
-    if let Ok(dir) = std::fs::File::open(folder) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use feedsync_node::usb::{describe_header, write_file_atomically};
 
     fn header(from_seq: i64, to_seq: i64) -> Header {
         Header::new("north", Direction::ToParent, from_seq, to_seq, None, "2024-01-01T00:00:00.000Z")

@@ -574,7 +574,7 @@ async fn usb_command(command: UsbCommand) -> anyhow::Result<()> {
         UsbCommand::Inspect { input } => {
             let bytes = read_usb_file(&input)?;
             let header = feedsync_wire::bundle::read_header(&bytes).with_context(|| format!("{}", input.display()))?;
-            println!("{}", feed_publisher::usb::describe_header(&header));
+            println!("{}", feedsync_node::usb::describe_header(&header));
         }
         UsbCommand::Export { child, out } => {
             let node = open_usb_child(&child).await?;

@@ -3,7 +3,7 @@
 //! atomics (rounds, entries applied and queued, pushes, conflicts, last success, last error) and
 //! gauges read from the target database at each scrape (queued changes by status; as a child:
 //! held changes, open conflicts, pending push, positions). The text format is the publisher's
-//! ([`feed_publisher::metrics::Exposition`]).
+//! ([`feedsync_core::exposition::Exposition`]).
 //!
 //! The listener has no authentication: bind it to loopback (the default suggestion) or to an
 //! address only the monitoring host reaches. A database that does not answer a scrape shows as
@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use feed_publisher::metrics::{CONTENT_TYPE, Exposition, Kind};
+use feedsync_core::exposition::{CONTENT_TYPE, Exposition, Kind};
 use feedsync_node::capture;
 use feedsync_db::{Database, DbError, Session};
 use feedsync_node::exchange::{CONFLICT_TABLE, INBOX_TABLE, PEER_PARENT};
@@ -260,7 +260,7 @@ async fn answer(metrics: &Metrics, database: &Database, slots: &Semaphore, reque
 #[cfg(test)]
 mod tests {
     use super::*;
-    use feed_publisher::metrics::{find, parse_exposition};
+    use feedsync_core::exposition::{find, parse_exposition};
 
     #[test]
     fn rendered_metrics_parse_and_say_what_was_counted() {

@@ -200,12 +200,12 @@ pub struct ChildNode<L: ParentLink> {
     pub database: Database,
     pub model: Model,
     pub parent: L,
-    pub sequencer_config: feed_publisher::config::Config,
+    pub sequencer_config: feedsync_node::config::Config,
 }
 
 impl<L: ParentLink> ChildNode<L> {
     pub fn new(database: Database, model: Model, parent: L) -> ChildNode<L> {
-        ChildNode { database, model, parent, sequencer_config: feed_publisher::config::Config::default() }
+        ChildNode { database, model, parent, sequencer_config: feedsync_node::config::Config::default() }
     }
 
     /// Prepares this database (capture tables and triggers; the first time, a snapshot of
@@ -309,7 +309,7 @@ impl<L: ParentLink> ChildNode<L> {
         let hello = hello.clone();
         let mut session = self.database.session().await?;
         let mut report = RoundReport {
-            sequenced: feed_publisher::sequencer::drain(&mut session, &self.model, &self.sequencer_config, MESSAGES_PER_ROUND_MAX).await?,
+            sequenced: feedsync_node::sequencer::drain(&mut session, &self.model, &self.sequencer_config, MESSAGES_PER_ROUND_MAX).await?,
             ..RoundReport::default()
         };
         // On a terminal, a line says how far the round is (positions are read only for it).

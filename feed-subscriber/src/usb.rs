@@ -19,7 +19,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use feed_publisher::usb::{EXPORT_PUSH_BYTES_MAX, EXPORT_PUSHES_MAX, ExportPayload, ReplyPayload};
+use feedsync_wire::usb::{EXPORT_PUSH_BYTES_MAX, EXPORT_PUSHES_MAX, ExportPayload, ReplyPayload};
 use feedsync_wire::bundle::{self, BundleError, Direction, Header};
 use feedsync_node::capture::{self, EVENT_TABLE};
 use feedsync_db::{DbError, Session, Value};
@@ -284,11 +284,11 @@ pub async fn export<L: ParentLink>(node: &ChildNode<L>, token: &str) -> Result<E
 }
 
 /// [`export`] into `path`, written whole or not at all (see
-/// `feed_publisher::usb::write_file_atomically`); the export is remembered only once the file
+/// `feedsync_node::usb::write_file_atomically`); the export is remembered only once the file
 /// is written, so a failed write leaves no trace.
 pub async fn export_to_file<L: ParentLink>(node: &ChildNode<L>, token: &str, path: &Path) -> Result<Export, UsbError> {
     let export = build_export(node, token).await?;
-    feed_publisher::usb::write_file_atomically(path, &export.bytes)
+    feedsync_node::usb::write_file_atomically(path, &export.bytes)
         .map_err(|e| UsbError::Write { path: path.display().to_string(), message: e.to_string() })?;
     remember_export(node, &export).await?;
     Ok(export)
@@ -297,7 +297,7 @@ pub async fn export_to_file<L: ParentLink>(node: &ChildNode<L>, token: &str, pat
 async fn build_export<L: ParentLink>(node: &ChildNode<L>, token: &str) -> Result<Export, UsbError> {
     let child = child_name(token)?.to_owned();
     let mut session = node.database.session().await?;
-    let sequenced = feed_publisher::sequencer::drain(&mut session, &node.model, &node.sequencer_config, SEQUENCER_BATCHES_MAX).await?;
+    let sequenced = feedsync_node::sequencer::drain(&mut session, &node.model, &node.sequencer_config, SEQUENCER_BATCHES_MAX).await?;
     let push_after = node.push_position(&mut session).await?;
     let pull_after = node.pull_position(&mut session).await?;
     // Offline the child cannot ask which categories it may write: it offers all, and the
@@ -320,7 +320,7 @@ async fn build_export<L: ParentLink>(node: &ChildNode<L>, token: &str) -> Result
         through = push.through_seq;
         pushes.push(push);
     }
-    let header = Header::new(&child, Direction::ToParent, push_after + 1, through, None, feed_publisher::usb::now());
+    let header = Header::new(&child, Direction::ToParent, push_after + 1, through, None, feedsync_node::usb::now());
     let items = pushes.iter().map(|p| p.items.len()).sum();
     // Earlier exports from the same position, with changes: this one repeats them whole.
     let unanswered = exports_made(&mut session).await?.iter().filter(|e| e.child == child && e.from_seq == push_after + 1 && e.to_seq >= e.from_seq).count();
@@ -397,7 +397,7 @@ pub async fn import_reply<L: ParentLink>(node: &ChildNode<L>, token: &str, bytes
         to_seq: header.to_seq,
         created_at: header.created_at.clone(),
         parent_last_seq: reply.hello.last_seq,
-        imported_at: feed_publisher::usb::now(),
+        imported_at: feedsync_node::usb::now(),
     };
     let same_as_last = last_reply
         .as_ref()
@@ -529,7 +529,7 @@ async fn retry_held<L: ParentLink>(node: &ChildNode<L>, session: &mut Session, h
 #[cfg(test)]
 mod tests {
     use super::*;
-    use feed_publisher::usb::AnsweredPush;
+    use feedsync_wire::usb::AnsweredPush;
     use feedsync_wire::network::PushResponse;
 
     fn reply(pull_after: i64, throughs: &[i64]) -> ReplyPayload {

@@ -6,7 +6,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use feed_publisher::config::Config;
+use feedsync_node::config::Config;
 use feedsync_db::{Database, Session, Value};
 use feedsync_core::model::Model;
 use feedsync_sim::testdb::{Source, TestDatabase};

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail, ensure};
-use feed_publisher::config::Config;
+use feedsync_node::config::Config;
 use feed_publisher::server::{self, App};
 use feedsync_bench::cpu;
 use feedsync_db::Database;
@@ -119,7 +119,7 @@ impl ParentProcess {
 pub fn serve(database_url: String, sequencer_interval_ms: u64) -> std::process::ExitCode {
     feedsync_cli::run_main(async move {
         let database = Database::from_url(&database_url)?;
-        let model = feed_publisher::load_model(&database, &Profile::openmrs()).await?;
+        let model = feedsync_node::load_model(&database, &Profile::openmrs()).await?;
         let mut config = Config { database_url, ..Config::default() };
         config.feed.sequencer_interval_ms = sequencer_interval_ms;
         config.validate()?;

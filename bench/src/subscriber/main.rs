@@ -19,7 +19,7 @@ mod volume;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use feed_publisher::config::Config;
+use feedsync_node::config::Config;
 use serde_json::json;
 
 use feedsync_bench::counters::per_text;

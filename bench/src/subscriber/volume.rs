@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
-use feed_publisher::config::Config;
+use feedsync_node::config::Config;
 use feedsync_db::{Database, Session, Value, quote_ident};
 use feedsync_core::model::Model;
 use feedsync_db::schema::read_schema;

@@ -28,9 +28,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use feed_publisher::config::Config;
+use feedsync_node::config::Config;
 use feed_publisher::server::{self, App};
-use feed_publisher::{load_model, network as parent_network, sequencer};
+use feed_publisher::network as parent_network;
+use feedsync_node::{load_model, sequencer};
 use feedsync_node::capture;
 use feedsync_sim::clinic::{self, Clinic, FACILITIES, Facility};
 use feedsync_db::Database;

@@ -286,7 +286,7 @@ pub(crate) async fn usb_transfer(site: &Site, parent: &Parent, usb_dir: &Path, n
     let node = site.node.lock().await;
     let export = usb::export(&node, &site.token).await.with_context(|| format!("USB export at {}", site.name()))?;
     let export_file = usb_dir.join(format!("{}-export.fsync", site.name()));
-    parent_usb::write_file_atomically(&export_file, &export.bytes).with_context(|| format!("writing {}", export_file.display()))?;
+    feedsync_node::usb::write_file_atomically(&export_file, &export.bytes).with_context(|| format!("writing {}", export_file.display()))?;
     narrator.say(site.name(), &format!("{}\nwritten to {}", export.describe(), export_file.display()));
     parent.publish().await?;
     let imported = {
@@ -297,7 +297,7 @@ pub(crate) async fn usb_transfer(site: &Site, parent: &Parent, usb_dir: &Path, n
     // The facility's changes get event numbers now, so they flow on to the other facilities.
     parent.publish().await?;
     let reply_file = usb_dir.join(format!("{}-reply.fsync", site.name()));
-    parent_usb::write_file_atomically(&reply_file, &imported.reply).with_context(|| format!("writing {}", reply_file.display()))?;
+    feedsync_node::usb::write_file_atomically(&reply_file, &imported.reply).with_context(|| format!("writing {}", reply_file.display()))?;
     narrator.say("parent", &format!("{}\nreply written to {}", imported.describe(), reply_file.display()));
     let report = usb::import_reply(&node, &site.token, &imported.reply).await.with_context(|| format!("importing the reply at {}", site.name()))?;
     narrator.say(site.name(), &report.describe());

@@ -4,6 +4,8 @@
 //! three-way merge that decides conflicts (`merge`). Nothing here opens a connection, a file or
 //! a socket, or reads a clock; a tidy test keeps IO crates out of this crate's dependencies.
 
+pub mod atom;
+pub mod exposition;
 pub mod merge;
 pub mod model;
 pub mod profile;

@@ -6,8 +6,24 @@
 
 pub mod apply;
 pub mod capture;
+pub mod config;
 pub mod compare;
 pub mod exchange;
+pub mod feed;
 pub mod lookup;
 pub mod progress;
 pub mod search;
+pub mod sequencer;
+pub mod usb;
+
+use feedsync_db::{Database, DbError};
+use feedsync_core::model::{self, Model};
+use feedsync_core::profile::Profile;
+use feedsync_db::schema::read_schema;
+
+/// Reads the live schema and builds the entity model with the configured profile.
+pub async fn load_model(database: &Database, profile: &Profile) -> Result<Model, DbError> {
+    let mut session = database.session().await?;
+    let schema = read_schema(&mut session, database.schema_name()).await?;
+    Ok(model::build(&schema, profile))
+}

@@ -16,7 +16,7 @@ use crate::workload::{self, WorkloadConfig};
 use feed_subscriber::network::{ChildNode, HttpParent};
 
 pub async fn model_of(database: &Database) -> Model {
-    feed_publisher::load_model(database, &Profile::openmrs()).await.unwrap()
+    feedsync_node::load_model(database, &Profile::openmrs()).await.unwrap()
 }
 
 pub struct Network {

@@ -9,9 +9,9 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use feed_publisher::config::Config;
+use feedsync_node::config::Config;
 use feed_publisher::server::{self, App};
-use feed_publisher::{load_model, sequencer};
+use feedsync_node::{load_model, sequencer};
 use feedsync_node::capture;
 use feedsync_db::{Database, Session, Value};
 use feedsync_core::model::Model;

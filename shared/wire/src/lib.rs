@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod network;
 pub mod resource;
+pub mod usb;
 
 /// Lower-case hex of bytes: content hashes, token hashes, fingerprints.
 pub fn hex(bytes: &[u8]) -> String {

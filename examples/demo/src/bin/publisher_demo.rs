@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use feed_publisher::config::Config;
-use feed_publisher::{load_model, server};
+use feedsync_node::config::Config;
+use feed_publisher::server;
+use feedsync_node::load_model;
 use feedsync_node::capture;
 use feedsync_db::Database;
 use feedsync_core::profile::Profile;

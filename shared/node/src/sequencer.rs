@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use feedsync_node::capture::{EVENT_TABLE, JOURNAL_TABLE, JournalRow, PAGE_TABLE, STATE_TABLE};
+use crate::capture::{EVENT_TABLE, JOURNAL_TABLE, JournalRow, PAGE_TABLE, STATE_TABLE};
 use feedsync_db::{DbError, DbResult, Dialect, Session, Value};
 use feedsync_core::model::Model;
 use feedsync_wire::resource::resource_path;
@@ -185,7 +185,7 @@ async fn sequence_in_transaction(session: &mut Session, model: &Model, config: &
     // child) are kept: a parent passes them on, and the exchange leaves out each peer's own.
     let mut publishable: Vec<JournalRow> = journal
         .iter()
-        .filter(|j| config.feed.publish_applied_changes || j.origin.as_deref().is_none_or(feedsync_node::exchange::is_network_origin))
+        .filter(|j| config.feed.publish_applied_changes || j.origin.as_deref().is_none_or(crate::exchange::is_network_origin))
         .cloned()
         .collect();
     untag_non_patients(session, model, &mut publishable).await?;

@@ -2,10 +2,10 @@
 //! the bytes (through `atom`). Archived pages are a pure function of stored events and the
 //! base URL, so they are byte-identical every time they are served.
 
-use feedsync_node::capture::{EVENT_TABLE, PAGE_TABLE};
+use crate::capture::{EVENT_TABLE, PAGE_TABLE};
 use feedsync_db::{DbResult, Row, Session, Value};
 
-use crate::atom::{FeedEntry, FeedPage, entry_id, render_page};
+use feedsync_core::atom::{FeedEntry, FeedPage, entry_id, render_page};
 use crate::sequencer::ALL_FEED;
 
 /// Without a version number: a generator string that changed on upgrade would change every

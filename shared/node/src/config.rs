@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn the_example_config_parses_and_matches_the_defaults() {
-        let text = include_str!("../../examples/feed-publisher.toml");
+        let text = include_str!("../../../examples/feed-publisher.toml");
         let parsed = Config::parse(text, "examples/feed-publisher.toml").unwrap();
         let mut expected = Config { database_url: parsed.database_url.clone(), ..Config::default() };
         expected.links = parsed.links.clone();
