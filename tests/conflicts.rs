@@ -2,7 +2,7 @@
 //! edit vs void, edit vs delete, void vs void, the same identity created on two sides, and a
 //! child offline for a long time. Nothing is ever silently lost: every losing value is in a
 //! conflict record. (The rules themselves are specified and tested case by case in
-//! `shared/src/merge.rs`.)
+//! `shared/core/src/merge.rs`.)
 
 use feedsync_sim::network::{Network, exec, one_text, run_workload};
 use feedsync_db::Value;

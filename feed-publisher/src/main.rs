@@ -59,17 +59,7 @@ enum Command {
 }
 
 /// How the USB round trip goes, for `usb --help` on both binaries.
-const USB_HELP: &str = "Sync a child that has no network, with files carried on a USB stick.\n\n\
-    The round trip:\n  \
-    1. at the child:  feed-subscriber usb export --db CHILD_DB --token TOKEN --out /media/stick/north.fsync\n     \
-    (everything the parent has not acknowledged: the child's own changes since its last reply or online sync)\n  \
-    2. at the parent: feed-publisher usb import --db PARENT_DB --in /media/stick/north.fsync --reply-out /media/stick/north-reply.fsync\n     \
-    (applies the child's changes and writes the reply: the parent's answers and its changes for the child)\n  \
-    3. at the child:  feed-subscriber usb import --db CHILD_DB --token TOKEN --in /media/stick/north-reply.fsync\n\n\
-    Files are encrypted and signed with the child's registration: a lost stick reveals nothing, and a changed, damaged, \
-    truncated or wrong child's file is refused before anything is applied. Importing a file twice, an old file, or a file \
-    overtaken by online sync changes nothing, so USB and online sync mix in any order. `usb inspect --in FILE` shows a \
-    file's header (child, direction, event range, when it was made) without any key.";
+const USB_HELP: &str = feedsync_cli::usb_help!("Sync a child that has no network, with files carried on a USB stick.");
 
 #[derive(Subcommand)]
 enum UsbCommand {

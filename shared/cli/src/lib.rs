@@ -3,6 +3,25 @@
 
 use std::future::Future;
 
+/// `usb --help` on both binaries: the binary's own first line, then how the round trip goes,
+/// written once so the two cannot drift apart.
+#[macro_export]
+macro_rules! usb_help {
+    ($first_line:literal) => {
+        concat!($first_line, "\n\n", "The round trip:\n  \
+    1. at the child:  feed-subscriber usb export --db CHILD_DB --token TOKEN --out /media/stick/north.fsync\n     \
+    (everything the parent has not acknowledged: the child's own changes since its last reply or online sync)\n  \
+    2. at the parent: feed-publisher usb import --db PARENT_DB --in /media/stick/north.fsync --reply-out /media/stick/north-reply.fsync\n     \
+    (applies the child's changes and writes the reply: the parent's answers and its changes for the child)\n  \
+    3. at the child:  feed-subscriber usb import --db CHILD_DB --token TOKEN --in /media/stick/north-reply.fsync\n\n\
+    Files are encrypted and signed with the child's registration: a lost stick reveals nothing, and a changed, damaged, \
+    truncated or wrong child's file is refused before anything is applied. Importing a file twice, an old file, or a file \
+    overtaken by online sync changes nothing, so USB and online sync mix in any order. Import each reply before the next \
+    export when you can. `usb inspect --in FILE` shows a file's header (child, direction, event range, when it was made) \
+    without any key.")
+    };
+}
+
 /// Runs a command's future; prints `error: ...` (with its causes) and exits 1 if it fails.
 pub fn run_main(command: impl Future<Output = anyhow::Result<()>>) {
     tracing_subscriber::fmt()

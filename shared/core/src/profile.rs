@@ -1,6 +1,6 @@
 //! The OpenMRS profile: what the toolkit knows about OpenMRS tables beyond what a schema says
 //! (categories, identities of tables without a uuid, core references, ids inside values). It is
-//! data in `shared/profiles/openmrs.toml`, compiled in as the default and replaceable by a file.
+//! data in `shared/core/profiles/openmrs.toml`, compiled in as the default and replaceable by a file.
 
 use std::collections::BTreeMap;
 
@@ -84,7 +84,7 @@ pub struct PatientData {
 pub enum ProfileError {
     #[error("cannot read profile {path}: {message}")]
     Read { path: String, message: String },
-    #[error("profile {path} is not valid: {message}. Compare it with shared/profiles/openmrs.toml")]
+    #[error("profile {path} is not valid: {message}. Compare it with shared/core/profiles/openmrs.toml")]
     Invalid { path: String, message: String },
 }
 

@@ -14,7 +14,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub feed: FeedConfig,
     pub limits: Limits,
-    /// An OpenMRS profile file replacing the built-in one (`shared/profiles/openmrs.toml`).
+    /// An OpenMRS profile file replacing the built-in one (`shared/core/profiles/openmrs.toml`).
     pub profile: Option<PathBuf>,
     /// Link templates per category: `rest` and `fhir`, with `{uuid}` and `{patient_uuid}`.
     pub links: BTreeMap<String, LinkTemplates>,

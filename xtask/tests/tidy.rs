@@ -1,0 +1,204 @@
+//! Tidy: the invariants ARCHITECTURE.md states about the layout, checked on the tree itself (as
+//! rust-analyzer's `tidy` does), so a change that breaks one fails here instead of drifting.
+//! Each check says what it found and what to do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Source lines (before a file's `#[cfg(test)]` module) above which a file needs a reason
+/// written in ARCHITECTURE.md.
+const SOURCE_FILE_LINES_MAX: usize = 1_000;
+
+/// The crates that run where patient data is: the two services and everything they link.
+const SERVICES: [&str; 2] = ["feed-publisher", "feed-subscriber"];
+
+/// Crates that exist for tests, benchmarks, the demos and chores: never in a service's tree.
+const NOT_IN_SERVICES: [&str; 5] = ["feedsync-sim", "feedsync-demo", "feedsync-tests", "feedsync-bench", "xtask"];
+
+/// Dependencies that do IO (sockets, files through a driver, a runtime, the clock's randomness):
+/// none of them in `feedsync-core`.
+const IO_CRATES: [&str; 10] = ["tokio", "mysql_async", "rusqlite", "hyper", "hyper-util", "http-body-util", "uuid", "chrono", "tracing", "feedsync-db"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is one folder below the workspace root").to_path_buf()
+}
+
+struct Package {
+    dir: PathBuf,
+    /// Normal (not dev, not build) dependencies, by package name.
+    dependencies: BTreeSet<String>,
+}
+
+fn workspace() -> BTreeMap<String, Package> {
+    let root = root();
+    let manifest: toml::Table = std::fs::read_to_string(root.join("Cargo.toml")).unwrap().parse().unwrap();
+    let members = manifest["workspace"]["members"].as_array().expect("workspace.members");
+    let mut packages = BTreeMap::new();
+    for member in members {
+        let dir = root.join(member.as_str().unwrap());
+        let text = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let table: toml::Table = text.parse().unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let name = table["package"]["name"].as_str().unwrap().to_string();
+        let dependencies = table.get("dependencies").and_then(|d| d.as_table()).map(|d| d.keys().cloned().collect()).unwrap_or_default();
+        packages.insert(name, Package { dir, dependencies });
+    }
+    packages
+}
+
+/// Every workspace package `name` links in a normal build, itself included.
+fn closure(packages: &BTreeMap<String, Package>, name: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![name.to_string()];
+    while let Some(next) = todo.pop() {
+        if !seen.insert(next.clone()) {
+            continue;
+        }
+        if let Some(package) = packages.get(&next) {
+            todo.extend(package.dependencies.iter().filter(|d| packages.contains_key(*d)).cloned());
+        }
+    }
+    seen
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path.is_dir() {
+            if name != "target" && name != "node_modules" && name != ".git" {
+                rust_files(&path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The library and binary sources of the toolkit's own crates (not tests, benches, chores).
+fn toolkit_sources() -> Vec<(String, String)> {
+    let root = root();
+    let mut files = Vec::new();
+    for dir in ["shared", "feed-publisher/src", "feed-subscriber/src", "examples"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    files
+        .into_iter()
+        .filter(|f| !f.components().any(|c| c.as_os_str() == "tests"))
+        .map(|f| (f.strip_prefix(&root).unwrap().display().to_string(), std::fs::read_to_string(&f).unwrap()))
+        .collect()
+}
+
+/// A file's code before its unit-test module.
+fn non_test_part(text: &str) -> &str {
+    text.find("#[cfg(test)]\nmod tests").map_or(text, |i| &text[..i])
+}
+
+fn architecture() -> String {
+    std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap()
+}
+
+#[test]
+fn no_service_links_test_support_or_the_demos() {
+    let packages = workspace();
+    for service in SERVICES {
+        let linked = closure(&packages, service);
+        let wrong: Vec<_> = NOT_IN_SERVICES.iter().filter(|c| linked.contains(**c)).collect();
+        assert!(wrong.is_empty(), "{service} links {wrong:?}: move what it needs into shared/ (core, wire, db, node), or make it a dev-dependency");
+    }
+}
+
+#[test]
+fn the_subscriber_does_not_depend_on_the_publisher() {
+    let packages = workspace();
+    let linked = closure(&packages, "feed-subscriber");
+    assert!(!linked.contains("feed-publisher"), "feed-subscriber links feed-publisher: what both need belongs in shared/");
+}
+
+#[test]
+fn core_does_no_io() {
+    let packages = workspace();
+    let core = &packages["feedsync-core"];
+    let io: Vec<_> = IO_CRATES.iter().filter(|c| core.dependencies.contains(**c)).collect();
+    assert!(io.is_empty(), "feedsync-core depends on {io:?}: core decides, node does the IO; move the effect to shared/node");
+    for linked in closure(&packages, "feedsync-core") {
+        assert!(["feedsync-core", "feedsync-wire"].contains(&linked.as_str()), "feedsync-core links {linked}: only feedsync-wire is below it");
+    }
+    let wire = &packages["feedsync-wire"];
+    let workspace_deps: Vec<_> = wire.dependencies.iter().filter(|d| packages.contains_key(*d)).collect();
+    assert!(workspace_deps.is_empty(), "feedsync-wire depends on {workspace_deps:?}: it is the bottom of the tree");
+}
+
+#[test]
+fn only_shared_db_names_the_drivers() {
+    let packages = workspace();
+    for (name, package) in &packages {
+        for driver in ["mysql_async", "rusqlite"] {
+            if package.dependencies.contains(driver) {
+                assert!(
+                    ["feedsync-db", "feedsync-sim"].contains(&name.as_str()),
+                    "{name} ({}) depends on {driver}: only feedsync-db speaks to the drivers; use feedsync_db::Session",
+                    package.dir.display()
+                );
+            }
+        }
+    }
+    for (path, text) in toolkit_sources() {
+        if path.starts_with("shared/db/") || path.starts_with("shared/sim/") {
+            continue;
+        }
+        for driver in ["mysql_async::", "rusqlite::"] {
+            assert!(!non_test_part(&text).contains(driver), "{path} names {driver}: only shared/db speaks to the drivers");
+        }
+    }
+}
+
+#[test]
+fn every_source_file_says_what_it_is_for() {
+    for (path, text) in toolkit_sources() {
+        assert!(text.starts_with("//!"), "{path} does not start with a `//!` comment saying what the module is for");
+    }
+}
+
+#[test]
+fn long_files_have_a_reason_in_architecture_md() {
+    let architecture = architecture();
+    for (path, text) in toolkit_sources() {
+        let lines = non_test_part(&text).lines().count();
+        if lines > SOURCE_FILE_LINES_MAX {
+            assert!(
+                architecture.contains(&format!("`{path}`")),
+                "{path} has {lines} lines of code (over {SOURCE_FILE_LINES_MAX}): split it, or say why it is one file in ARCHITECTURE.md (name it as `{path}`)"
+            );
+        }
+    }
+}
+
+/// Ratchets: where the tree is not yet as ARCHITECTURE.md wants it, the files that depart are
+/// named there (under Known debts); a new file departing fails here.
+#[test]
+fn departures_from_the_layout_are_written_down() {
+    let architecture = architecture();
+    let mut unnamed = Vec::new();
+    for (path, text) in toolkit_sources() {
+        let code = non_test_part(&text);
+        let serde = code.contains("Serialize") && code.contains("#[derive(") && (code.contains("Serialize)") || code.contains("Serialize,") || code.contains("Deserialize"));
+        if serde && !path.starts_with("shared/wire/") && !architecture.contains(&format!("`{path}`")) {
+            unnamed.push(format!("{path} derives serde outside shared/wire"));
+        }
+        let dialect = code.contains("Dialect::MySql") || code.contains("Dialect::Sqlite");
+        if dialect && !path.starts_with("shared/db/") && path != "shared/core/src/sql.rs" && !architecture.contains(&format!("`{path}`")) {
+            unnamed.push(format!("{path} matches on Dialect outside shared/db and shared/core/src/sql.rs"));
+        }
+    }
+    assert!(unnamed.is_empty(), "move these into place, or name each file in ARCHITECTURE.md's Known debts:\n  {}", unnamed.join("\n  "));
+}
+
+#[test]
+fn the_tidy_checks_can_fail() {
+    // The closure and the scans above are only worth something if they see the tree.
+    let packages = workspace();
+    assert!(closure(&packages, "feed-publisher").contains("feedsync-node"), "the dependency walk found nothing");
+    assert!(toolkit_sources().len() > 40, "the source scan found too few files");
+    assert_eq!(non_test_part("a\n#[cfg(test)]\nmod tests {}\n"), "a\n");
+}
