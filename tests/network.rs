@@ -368,3 +368,37 @@ async fn a_lost_push_answer_loses_no_later_edit() {
         assert!(exchange::list_conflicts(&mut s, true, 10).await.unwrap().is_empty(), "{site}: no conflict");
     }
 }
+
+/// A patient found at the parent right after its facility pushed it, before the parent's
+/// sequencer has run, is fetched whole: the fetch publishes what is waiting first (the demo
+/// once fetched an empty record this way on a busy machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_fetched_right_after_its_push_arrives_whole() {
+    let Some(net) = Network::start(Source::Sqlite25, &["north", "south"]).await else { return };
+    net.settle().await;
+    let base_patients = patient_uuids(net.db("parent")).await;
+    run_workload(net.db("north"), 31, 1).await;
+    // North pushes; nobody runs the parent's sequencer.
+    net.child("north").round().await.unwrap();
+    let pushed: Vec<String> = patient_uuids(net.db("parent")).await.difference(&base_patients).cloned().collect();
+    assert_eq!(pushed.len(), 1, "north's patient is at the parent");
+    let unsequenced = one_text(net.db("parent"), "SELECT COUNT(*) FROM feedsync_journal", &[]).await.unwrap();
+    assert_ne!(unsequenced, "0", "the pushed rows wait in the parent's journal");
+    let (applied, held) = net.child("south").fetch_patient(&pushed[0]).await.unwrap();
+    // Rows that reference metadata north made with the patient (its users, encounter types)
+    // wait at south until its next pull brings that metadata.
+    assert!(applied + held > 3, "fetched {applied} rows, {held} held: the record came empty");
+    net.settle().await;
+    let mut s = net.db("south").session().await.unwrap();
+    let still_held = exchange::held_items(&mut s, None, 100).await.unwrap();
+    assert!(still_held.is_empty(), "held at south after a round: {:?}", still_held.iter().map(|h| (&h.item.table, &h.reason)).collect::<Vec<_>>());
+    drop(s);
+    let at_north = one_text(net.db("north"), "SELECT COUNT(*) FROM obs o JOIN person pe ON pe.person_id = o.person_id WHERE pe.uuid = ?", &[pushed[0].as_str().into()]).await;
+    let at_south = one_text(net.db("south"), "SELECT COUNT(*) FROM obs o JOIN person pe ON pe.person_id = o.person_id WHERE pe.uuid = ?", &[pushed[0].as_str().into()]).await;
+    assert_eq!(at_south, at_north, "every obs of the patient came with the fetch");
+    // A fetch naming no patient is a clear 400, not a crash.
+    let response = http(net.publisher.addr, "POST", "/ws/feedsync/network/patients//fetch", &[("authorization", &format!("Bearer {}", net.children[1].3))], None).await;
+    assert_eq!(response.status, 400, "{}", response.text());
+    let response = http(net.publisher.addr, "POST", "/ws/feedsync/network/patients/fetch", &[("authorization", &format!("Bearer {}", net.children[1].3))], None).await;
+    assert_eq!(response.status, 400, "{}", response.text());
+}

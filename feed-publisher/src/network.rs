@@ -24,7 +24,7 @@ use feedsync_wire::network::{Changes, ChildReport, Command, CommandAction, Hello
 use feedsync_core::merge::Side;
 use feedsync_core::model::{Model, RowSource};
 use feedsync_node::lookup::LookupCache;
-use feedsync_node::search;
+use feedsync_node::{search, sequencer};
 
 use crate::server::{App, HttpError, Reply};
 
@@ -321,7 +321,14 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> 
             json(&serde_json::json!({ "candidates": found }))
         }
         (Method::POST, path) if path.starts_with("/patients/") && path.ends_with("/fetch") => {
-            let uuid = &path["/patients/".len()..path.len() - "/fetch".len()];
+            let uuid = path.strip_prefix("/patients/").and_then(|rest| rest.strip_suffix("/fetch")).unwrap_or_default();
+            if uuid.is_empty() || uuid.contains('/') {
+                return Err(HttpError::new(StatusCode::BAD_REQUEST, format!("{path}: no patient uuid"), "POST patients/{uuid}/fetch with a uuid a patient search returned"));
+            }
+            // A patient found by search may have rows a child pushed that the sequencer has not
+            // published yet; the record is read from the events, so publish them first (under the
+            // sequencer's lock, like its own loop) or the fetch would miss them.
+            sequencer::drain(&mut session, &app.model, &app.config, FETCH_SEQUENCER_BATCHES_MAX).await?;
             json(&fetch_patient(&mut session, &app.model, &child, uuid).await?)
         }
         (_, path) => Err(HttpError::new(
@@ -643,6 +650,9 @@ async fn apply_rules(session: &mut Session, child: &Child, newest: i64) -> Resul
     session.execute(&format!("UPDATE {CHILD_TABLE} SET rules_checked_seq = ? WHERE name = ?"), &[Value::Int(newest), child.name.as_str().into()]).await?;
     Ok(())
 }
+
+/// Sequencer batches a patient fetch runs first, so rows pushed just before it are in the record.
+const FETCH_SEQUENCER_BATCHES_MAX: usize = 8;
 
 /// A patient's whole record as items, parents first (in the order rows were first captured).
 async fn patient_record(session: &mut Session, model: &Model, uuid: &str, cache: &mut LookupCache) -> Result<Vec<Item>, HttpError> {
