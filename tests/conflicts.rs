@@ -147,7 +147,7 @@ async fn conflict_cases_end_to_end() {
 /// it reaches everyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflict_found_at_a_child_is_reported_and_resolved_from_the_parent() {
-    use feed_publisher::network as parent_network;
+    use feedsync_node::parent as parent_network;
     use feed_subscriber::network::{ParentLink, RoundReport};
     use feedsync_wire::network::CommandAction;
     let Some(net) = Network::start(Source::Sqlite25, &["north", "south"]).await else { return };

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use feed_publisher::dashboard::{ADMIN_TOKEN_ENV, COOKIE_NAME, ROUND_TABLE, ROUNDS_PER_CHILD_MAX};
-use feed_publisher::network as parent_network;
+use feedsync_node::parent as parent_network;
 use feedsync_sim::publisher::{HttpReply, Publisher, http};
 use feedsync_sim::network::{Network, exec, one_text, run_workload};
 use feedsync_db::{Database, Value};

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use feed_publisher::network as parent_network;
+use feedsync_node::parent as parent_network;
 use feedsync_sim::publisher::http;
 use feedsync_sim::network::{Network, assert_parent_holds, compare_dbs, exec, model_of, one_text, patient_uuids, run_workload};
 use feedsync_node::exchange::{self, Take};

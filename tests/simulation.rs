@@ -40,7 +40,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use feedsync_node::config::Config;
-use feed_publisher::network::{self as parent_network, Child};
+use feedsync_node::parent::{self as parent_network, Child};
 use feed_subscriber::network::{ChildNode, LinkError, ParentLink};
 use feedsync_node::capture;
 use feedsync_node::compare::{CompareOptions, Comparison, compare};
@@ -445,8 +445,11 @@ fn db_link(e: DbError) -> LinkError {
     LinkError { retryable: e.is_retryable(), message: format!("parent database: {e}"), unauthorized: false }
 }
 
-fn http_link(e: feed_publisher::server::HttpError) -> LinkError {
-    LinkError { retryable: e.status.is_server_error(), message: format!("parent answered {}: {}", e.status, e.message), unauthorized: e.status.as_u16() == 401 }
+/// What a child hears when the parent refuses: a server-side failure (the database) is worth
+/// retrying, a refusal of the request itself is not; as the HTTP edge answers 5xx or 4xx.
+fn parent_link(e: parent_network::ParentError) -> LinkError {
+    let retryable = matches!(e, parent_network::ParentError::Apply(_) | parent_network::ParentError::Database(_));
+    LinkError { retryable, message: format!("parent answered: {e}"), unauthorized: false }
 }
 
 impl SimLink {
@@ -493,7 +496,7 @@ impl SimLink {
         let parent = &self.parent;
         if !parent_crash {
             let mut session = parent.kept.take().await.map_err(db_link)?;
-            let answer = parent_network::push_items(&mut session, &parent.model, &parent.policy, &self.child, push).await.map_err(http_link)?;
+            let answer = parent_network::push_items(&mut session, &parent.model, &parent.policy, &self.child, push).await.map_err(parent_link)?;
             parent.kept.give(session);
             return Ok(answer);
         }
@@ -504,21 +507,21 @@ impl SimLink {
         let control = Rc::new(CrashControl::default());
         control.arm(&parent.database).await;
         match Crashable::new(work, &control).await {
-            Some(outcome) => panic!("the parent was to die in the push, and it answered {:?}", outcome.map(|r| r.acked_through).map_err(|e| e.message)),
+            Some(outcome) => panic!("the parent was to die in the push, and it answered {:?}", outcome.map(|r| r.acked_through).map_err(|e| e.to_string())),
             None => Err(lost("the parent died while applying the push")),
         }
     }
 
     async fn deliver_changes(&self, after: i64, limit: usize) -> Result<Changes, LinkError> {
         let mut session = self.parent.kept.take().await.map_err(db_link)?;
-        let page = parent_network::changes(&mut session, &self.parent.model, &self.child, after, limit).await.map_err(http_link)?;
+        let page = parent_network::changes(&mut session, &self.parent.model, &self.child, after, limit).await.map_err(parent_link)?;
         self.parent.kept.give(session);
         Ok(page)
     }
 
     async fn deliver_fetch(&self, uuid: &str) -> Result<Record, LinkError> {
         let mut session = self.parent.kept.take().await.map_err(db_link)?;
-        let record = parent_network::fetch_patient(&mut session, &self.parent.model, &self.child, uuid).await.map_err(http_link)?;
+        let record = parent_network::fetch_patient(&mut session, &self.parent.model, &self.child, uuid).await.map_err(parent_link)?;
         self.parent.kept.give(session);
         Ok(record)
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use feedsync_node::config::Config;
 use feed_publisher::metrics::{Sample, find, parse_exposition};
-use feed_publisher::network as parent_network;
+use feedsync_node::parent as parent_network;
 use feed_publisher::status::{self, Status};
 use feedsync_sim::publisher::{Publisher, http};
 use feed_subscriber::network::{ChildNode, HttpParent};

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use feed_publisher::network as parent_network;
+use feedsync_node::parent as parent_network;
 use feed_publisher::usb as parent_usb;
 use feedsync_sim::network::{Network, assert_parent_holds, compare_dbs, exec, one_text, patient_uuids, run_workload};
 use feed_subscriber::usb::{self, ReplyOutcome};

@@ -39,7 +39,7 @@ use feedsync_core::merge::Side;
 use feedsync_node::lookup::LookupCache;
 use feedsync_node::search;
 
-use crate::network::{self, AdminError, Child};
+use feedsync_node::parent::{self as network, AdminError, Child};
 use crate::server::{App, HttpError, PeerAddr, Reply};
 
 pub const DASHBOARD_PATH: &str = "/dashboard";

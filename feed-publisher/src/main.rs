@@ -330,7 +330,7 @@ async fn usb_command(command: UsbCommand) -> anyhow::Result<()> {
 }
 
 async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
-    use feed_publisher::network;
+    use feedsync_node::parent as network;
     let common = match &command {
         ChildCommand::Add { common, .. } | ChildCommand::List { common, .. } | ChildCommand::Revoke { common, .. } => common,
     };

@@ -67,7 +67,7 @@ impl App {
             .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into());
         // Tables the network routes and the dashboard use, made once here rather than on every
         // request (a database installed by an older version lacks them).
-        crate::network::prepare(&mut session).await?;
+        feedsync_node::parent::prepare(&mut session).await?;
         crate::dashboard::prepare(&mut session).await?;
         let requests = Semaphore::new(config.limits.requests_in_flight_max);
         Ok(App {

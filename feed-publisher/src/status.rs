@@ -37,7 +37,7 @@ use feedsync_wire::network::RoundSummary;
 
 use crate::alerts::{self, Alert, ChildFacts, Event, Facts, QUEUE_PENDING_PUSH, QUEUE_WAITING_TO_CHILD, Transitions};
 use feedsync_node::config::{AlertsConfig, Config, QUEUE_OBSERVATIONS_MAX};
-use crate::network::{self, AdminError};
+use feedsync_node::parent::{self as network, AdminError, ParentError};
 use feedsync_node::sequencer::ALL_FEED;
 use crate::server::{App, HttpError, Reply};
 
@@ -133,9 +133,12 @@ impl StatusError {
     }
 }
 
-impl From<HttpError> for StatusError {
-    fn from(e: HttpError) -> Self {
-        StatusError::Other { retryable: e.status == StatusCode::SERVICE_UNAVAILABLE, message: e.message }
+impl From<ParentError> for StatusError {
+    fn from(e: ParentError) -> Self {
+        match e {
+            ParentError::Database(e) => StatusError::Database(e),
+            other => StatusError::Other { retryable: other.is_retryable(), message: other.to_string() },
+        }
     }
 }
 

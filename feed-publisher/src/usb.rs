@@ -35,10 +35,9 @@ use feedsync_node::exchange::{self, AUDIT_TABLE, CHILD_TABLE};
 use feedsync_wire::network::{Changes, Hello, ITEMS_PER_MESSAGE_MAX, Item, PolicyConfig, PushRequest, PushStatus};
 use feedsync_core::model::Model;
 
-use crate::network::{self, AdminError, Child};
+use feedsync_node::parent::{self as network, AdminError, Child, ParentError};
 use feedsync_node::usb::{describe_range, now};
 use feedsync_wire::usb::{AnsweredPush, ExportPayload, REPLY_CHANGES_BYTES_MAX, REPLY_PAGES_MAX, ReplyPayload};
-use crate::server::HttpError;
 
 /// The audit action of an import.
 pub const AUDIT_ACTION_IMPORT: &str = "usb-import";
@@ -103,9 +102,12 @@ impl UsbError {
     }
 }
 
-impl From<HttpError> for UsbError {
-    fn from(e: HttpError) -> Self {
-        UsbError::Refused { retryable: e.status.as_u16() == 503, message: e.message, hint: e.hint }
+impl From<ParentError> for UsbError {
+    fn from(e: ParentError) -> Self {
+        match e {
+            ParentError::Database(e) => UsbError::from(e),
+            e => UsbError::Refused { retryable: e.is_retryable(), hint: e.hint(), message: e.to_string() },
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use feed_publisher::alerts::AlertKind;
-use feed_publisher::network;
+use feedsync_node::parent as network;
 use feed_publisher::status::Status;
 use feedsync_sim::testdb::{Source, TestDatabase, unique_name};
 

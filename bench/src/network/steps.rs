@@ -1,4 +1,4 @@
-//! Where a poll's time goes at the parent: the steps `feed_publisher::network::route` runs for
+//! Where a poll's time goes at the parent: the steps `feed_publisher::network::route` (over `feedsync_node::parent`) runs for
 //! `GET changes`, replayed one at a time on the bench's own connection to the parent's database
 //! before the parent process starts, so nothing else runs in this process meanwhile:
 //!
@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::Context;
-use feed_publisher::network;
+use feedsync_node::parent as network;
 use feedsync_bench::counters::{CounterMeter, per_text};
 use feedsync_bench::cpu;
 use feedsync_db::Database;

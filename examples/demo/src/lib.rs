@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use feedsync_node::config::Config;
 use feed_publisher::server::{self, App};
-use feed_publisher::network as parent_network;
+use feedsync_node::parent as parent_network;
 use feedsync_node::{load_model, sequencer};
 use feedsync_node::capture;
 use feedsync_sim::clinic::{self, Clinic, FACILITIES, Facility};

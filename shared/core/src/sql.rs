@@ -26,3 +26,12 @@ pub fn quote_ident(dialect: Dialect, name: &str) -> String {
     }
 }
 
+
+/// The current time, UTC, in the datetime text form, as SQL. UTC on MySQL whatever the
+/// session's time zone (the pool also sets `+00:00`), so stamps compare across sessions.
+pub fn now_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::MySql => "UTC_TIMESTAMP(3)",
+        Dialect::Sqlite => "strftime('%Y-%m-%d %H:%M:%f', 'now')",
+    }
+}

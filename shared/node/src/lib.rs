@@ -11,6 +11,7 @@ pub mod compare;
 pub mod exchange;
 pub mod feed;
 pub mod lookup;
+pub mod parent;
 pub mod progress;
 pub mod search;
 pub mod sequencer;

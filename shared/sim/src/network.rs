@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use feed_publisher::network as parent_network;
+use feedsync_node::parent as parent_network;
 use crate::publisher::Publisher;
 use feedsync_node::compare::{CompareOptions, Comparison, compare};
 use feedsync_db::{Database, Value};
