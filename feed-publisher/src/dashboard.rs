@@ -579,16 +579,10 @@ async fn recent_rounds(session: &mut Session, child: &str, limit: i64) -> Result
 
 // ---- time ----
 
-fn now_sql(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::MySql => "CURRENT_TIMESTAMP(3)",
-        Dialect::Sqlite => "strftime('%Y-%m-%d %H:%M:%f', 'now')",
-    }
-}
 
 /// The database's clock: every stored time here was written by it, so ages compare like with like.
 async fn db_now(session: &mut Session) -> Result<String, HttpError> {
-    let sql = format!("SELECT {} AS now", now_sql(session.dialect()));
+    let sql = format!("SELECT {} AS now", feedsync_core::sql::now_sql(session.dialect()));
     Ok(session.query(&sql, &[]).await?.first().and_then(|r| r.text("now")).unwrap_or_default())
 }
 

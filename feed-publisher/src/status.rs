@@ -184,15 +184,9 @@ impl Status {
 
 // ---- gathering ----
 
-fn now_sql(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::MySql => "CURRENT_TIMESTAMP(3)",
-        Dialect::Sqlite => "strftime('%Y-%m-%d %H:%M:%f', 'now')",
-    }
-}
 
 async fn db_now(session: &mut Session) -> Result<String, DbError> {
-    let sql = format!("SELECT {} AS now", now_sql(session.dialect()));
+    let sql = format!("SELECT {} AS now", feedsync_core::sql::now_sql(session.dialect()));
     Ok(session.query(&sql, &[]).await?.first().and_then(|r| r.text("now")).unwrap_or_default())
 }
 
@@ -370,7 +364,7 @@ fn history_name(child: &str, queue: &str) -> String {
 }
 
 async fn put(session: &mut Session, name: &str, value: &str) -> Result<(), DbError> {
-    let now = now_sql(session.dialect());
+    let now = feedsync_core::sql::now_sql(session.dialect());
     let sql = match session.dialect() {
         Dialect::MySql => {
             format!(

@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use feedsync_wire::bundle::{self, BundleError, Direction, Header};
 use feedsync_node::capture::EVENT_TABLE;
-use feedsync_db::{DbError, Dialect, Session, Value};
+use feedsync_db::{DbError, Session, Value};
 use feedsync_node::exchange::{self, AUDIT_TABLE, CHILD_TABLE};
 use feedsync_wire::network::{Changes, Hello, ITEMS_PER_MESSAGE_MAX, Item, PolicyConfig, PushRequest, PushStatus};
 use feedsync_core::model::Model;
@@ -396,10 +396,7 @@ async fn changes_for(session: &mut Session, model: &Model, child: &Child, mut af
 }
 
 async fn touch_last_contact(session: &mut Session, child: &str) -> Result<(), DbError> {
-    let now = match session.dialect() {
-        Dialect::MySql => "CURRENT_TIMESTAMP(3)",
-        Dialect::Sqlite => "strftime('%Y-%m-%d %H:%M:%f', 'now')",
-    };
+    let now = feedsync_core::sql::now_sql(session.dialect());
     session.execute(&format!("UPDATE {CHILD_TABLE} SET last_contact = {now} WHERE name = ?"), &[child.into()]).await?;
     Ok(())
 }

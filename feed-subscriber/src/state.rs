@@ -103,7 +103,7 @@ fn feed_state_from_row(r: &Row) -> FeedState {
 /// Moves a feed's marker; call inside the transaction that applied the entries it covers.
 pub async fn set_marker(session: &mut Session, feed_url: &str, entry_id: &str, page_url: &str, entries: i64) -> DbResult<()> {
     let id = feed_id(feed_url);
-    let now = now_sql(session.dialect());
+    let now = feedsync_core::sql::now_sql(session.dialect());
     let updated = session
         .execute(
             &format!(
@@ -154,12 +154,6 @@ pub async fn set_feed_error(session: &mut Session, feed_url: &str, error: &str) 
     Ok(())
 }
 
-fn now_sql(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::MySql => "UTC_TIMESTAMP(3)",
-        Dialect::Sqlite => "strftime('%Y-%m-%d %H:%M:%f', 'now')",
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -329,7 +323,7 @@ pub async fn resolve_entity(session: &mut Session, table: &str, key: &str, throu
 
 /// Makes failed changes due now (all, or one).
 pub async fn retry_now(session: &mut Session, change_id: Option<i64>) -> DbResult<u64> {
-    let now = now_sql(session.dialect());
+    let now = feedsync_core::sql::now_sql(session.dialect());
     match change_id {
         Some(id) => session.execute(&format!("UPDATE {CHANGE_TABLE} SET next_attempt_at = {now} WHERE change_id = ? AND status = 'failed'"), &[Value::Int(id)]).await,
         None => session.execute(&format!("UPDATE {CHANGE_TABLE} SET next_attempt_at = {now} WHERE status = 'failed'"), &[]).await,
@@ -372,7 +366,7 @@ fn retry_due_sql(dialect: Dialect, attempts: i64) -> String {
 
 /// The database's current UTC time in the state tables' text form.
 pub async fn now(session: &mut Session) -> DbResult<String> {
-    let sql = format!("SELECT {} AS now", now_sql(session.dialect()));
+    let sql = format!("SELECT {} AS now", feedsync_core::sql::now_sql(session.dialect()));
     Ok(session.query(&sql, &[]).await?.first().and_then(|r| r.text("now")).unwrap_or_default())
 }
 

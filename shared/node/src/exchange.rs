@@ -573,10 +573,7 @@ pub async fn resolve_conflict(session: &mut Session, model: &Model, id: i64, tak
             Take::Theirs => "took theirs".to_owned(),
             Take::Fields(choice) => format!("took fields {}", choice.iter().map(|(f, s)| format!("{f}={}", if *s == Side2::Mine { "mine" } else { "theirs" })).collect::<Vec<_>>().join(", ")),
         };
-        let now_sql = match session.dialect() {
-            Dialect::MySql => "CURRENT_TIMESTAMP(3)",
-            Dialect::Sqlite => "strftime('%Y-%m-%d %H:%M:%f', 'now')",
-        };
+        let now_sql = feedsync_core::sql::now_sql(session.dialect());
         session
             .execute(&format!("UPDATE {CONFLICT_TABLE} SET status = 'resolved', resolution = ?, resolved_at = {now_sql} WHERE conflict_id = ?"), &[resolution.into(), Value::Int(id)])
             .await?;
