@@ -535,10 +535,7 @@ struct RecordedRound {
 }
 
 async fn record_round(session: &mut Session, child: &str, reported_at: &str, record: &RoundRecord) -> Result<(), HttpError> {
-    let insert = match session.dialect() {
-        Dialect::MySql => format!("INSERT IGNORE INTO {ROUND_TABLE} (child, reported_at, summary) VALUES (?, ?, ?)"),
-        Dialect::Sqlite => format!("INSERT OR IGNORE INTO {ROUND_TABLE} (child, reported_at, summary) VALUES (?, ?, ?)"),
-    };
+    let insert = format!("{} INTO {ROUND_TABLE} (child, reported_at, summary) VALUES (?, ?, ?)", feedsync_db::insert_ignore(session.dialect()));
     let summary = serde_json::to_string(record).expect("records serialize");
     if session.execute(&insert, &[child.into(), reported_at.into(), summary.into()]).await? == 0 {
         return Ok(());
@@ -1122,10 +1119,7 @@ async fn retry_held_here(app: &App, session: &mut Session, id: i64) -> Result<Js
     }
     let peer = held.peer.clone();
     let receiver = Receiver { model: &app.model, from: Side::Child, peer: &peer, policy: &app.config.network };
-    let dialect = session.dialect();
-    if dialect == Dialect::MySql {
-        session.execute_script("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
-    }
+    session.read_committed().await?;
     session.begin().await?;
     let outcome = async {
         // Written as the child's change, as if its push had applied it.

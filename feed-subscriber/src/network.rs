@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use feedsync_node::capture;
-use feedsync_db::{Database, DbError, Dialect, Session, Value};
+use feedsync_db::{Database, DbError, Session, Value};
 use feedsync_node::exchange::{self, Attempt, ORIGIN_PARENT, PEER_PARENT, Receiver};
 use feedsync_wire::network::{Base, Changes, ChildReport, Command, CommandAction, CommandResult, Hello, ITEMS_PER_MESSAGE_MAX, Item, NETWORK_PATH, PushRequest, PushResponse, PushStatus, Record, RoundSummary};
 use feedsync_core::merge::Side;
@@ -599,12 +599,10 @@ impl<L: ParentLink> ChildNode<L> {
 
     /// Runs `body` in one transaction with the parent's origin on every write.
     async fn in_transaction(&self, session: &mut Session, body: impl AsyncFnOnce(&mut Session) -> Result<(), ChildError>) -> Result<(), ChildError> {
-        if session.dialect() == Dialect::MySql {
-            // READ COMMITTED, as the parent's push: a merge reads the local row under its lock
-            // (the newest commit), and apply must compare with that version, not with an older
-            // snapshot REPEATABLE READ would give it.
-            session.execute_script("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
-        }
+        // READ COMMITTED, as the parent's push: a merge reads the local row under its lock (the
+        // newest commit), and apply must compare with that version, not with an older snapshot
+        // REPEATABLE READ would give it.
+        session.read_committed().await?;
         session.begin().await?;
         let outcome = async {
             capture::set_origin(session, ORIGIN_PARENT).await?;

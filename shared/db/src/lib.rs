@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use mysql_async::prelude::Queryable;
 
-pub use feedsync_core::sql::{Dialect, format_datetime, quote_ident};
+pub use feedsync_core::sql::{Dialect, for_update, format_datetime, insert_ignore, quote_ident};
 
 pub mod schema;
 
@@ -351,6 +351,16 @@ impl Session {
                     .expect("sqlite task")
                     .map_err(|e| sqlite_error(e, &self.display, sql))
             }
+        }
+    }
+
+    /// Makes the session's next transactions READ COMMITTED on MySQL: each statement sees the
+    /// newest commits and takes no gap locks (so OpenMRS writers are not stalled, and a merge
+    /// compares with the row it locked). Nothing on SQLite, whose writer holds the database.
+    pub async fn read_committed(&mut self) -> DbResult<()> {
+        match self.dialect() {
+            Dialect::MySql => self.execute_script("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await,
+            Dialect::Sqlite => Ok(()),
         }
     }
 

@@ -319,11 +319,9 @@ pub async fn install(session: &mut Session, model: &Model) -> DbResult<InstallRe
     }
     if state(session, "snapshot_done").await?.is_none() {
         report.snapshot_tables = model.snapshot_order.len();
-        if dialect == Dialect::MySql {
-            // INSERT ... SELECT under REPEATABLE READ share-locks every row it reads, which
-            // would stall OpenMRS writers for the whole snapshot.
-            session.execute_script("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
-        }
+        // INSERT ... SELECT under REPEATABLE READ share-locks every row it reads, which would
+        // stall OpenMRS writers for the whole snapshot.
+        session.read_committed().await?;
         session.begin().await?;
         let progress = crate::progress::Progress::new("snapshot", "tables", Some(model.snapshot_order.len() as u64));
         let result = async {

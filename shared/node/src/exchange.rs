@@ -200,7 +200,7 @@ pub async fn current_locked(session: &mut Session, model: &Model, table: &str, k
     let Some(entity) = model.entity(table) else { return Ok(None) };
     let Some((condition, params)) = crate::lookup::identity_condition(session, model, entity, key).await? else { return Ok(None) };
     let dialect = session.dialect();
-    let lock = if dialect == Dialect::MySql { " FOR UPDATE" } else { "" };
+    let lock = feedsync_db::for_update(dialect);
     let sql = format!("SELECT * FROM {} WHERE {condition}{lock}", quote_ident(dialect, table));
     match session.query(&sql, &params).await?.into_iter().next() {
         Some(row) => Ok(Some(crate::lookup::render(session, model, entity, key, &row, cache).await?)),

@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use serde::{Deserialize, Serialize};
 
 use crate::apply::ApplyError;
 use crate::capture::{self, EVENT_TABLE};
@@ -19,7 +18,8 @@ use crate::exchange::{self, Attempt, CATCHMENT_TABLE, CHILD_TABLE, COMMAND_TABLE
 use crate::lookup::LookupCache;
 use feedsync_core::merge::Side;
 use feedsync_core::model::{Model, RowSource};
-use feedsync_db::{DbError, Dialect, Session, Value, quote_ident};
+use feedsync_db::{DbError, Session, Value, for_update, insert_ignore, quote_ident};
+pub use feedsync_wire::network::{ADDRESS_COLUMNS, CatchmentRules, Child};
 use feedsync_wire::network::{Changes, ChildReport, Command, CommandAction, ITEMS_PER_MESSAGE_MAX, Item, PolicyConfig, PushRequest, PushResponse, PushResult, PushStatus, Record};
 
 /// Why the parent refused or could not do what a child asked. Each says what happened; the
@@ -66,58 +66,6 @@ impl ParentError {
             _ => false,
         }
     }
-}
-
-/// Patients a child receives besides those it registered, wrote or fetched; set with
-/// `feed-publisher child add` and kept in the child's registration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CatchmentRules {
-    /// Location uuids: patients with an identifier, visit or encounter at one of them.
-    pub locations: Vec<String>,
-    /// Identifier prefixes (as Bahmni does): patients with an identifier starting with one.
-    pub identifier_prefixes: Vec<String>,
-    /// `person_address` column and value: patients with a non-voided address matching.
-    pub address: BTreeMap<String, String>,
-}
-
-/// The `person_address` columns a rule may name.
-pub const ADDRESS_COLUMNS: &[&str] = &[
-    "address1", "address2", "address3", "address4", "address5", "address6", "city_village", "county_district", "state_province", "country", "postal_code",
-];
-
-impl CatchmentRules {
-    pub fn is_empty(&self) -> bool {
-        self.locations.is_empty() && self.identifier_prefixes.is_empty() && self.address.is_empty()
-    }
-
-    /// Parses `--address column=value` pairs.
-    pub fn parse_address(pairs: &[String]) -> Result<BTreeMap<String, String>, String> {
-        let mut address = BTreeMap::new();
-        for pair in pairs {
-            let (column, value) = pair.split_once('=').ok_or_else(|| format!("--address {pair:?}: expected COLUMN=VALUE, e.g. county_district=Gasabo"))?;
-            if !ADDRESS_COLUMNS.contains(&column) {
-                return Err(format!("--address {column}: not a person_address column a rule can use; use one of {}", ADDRESS_COLUMNS.join(", ")));
-            }
-            address.insert(column.to_owned(), value.to_owned());
-        }
-        Ok(address)
-    }
-}
-
-/// A registered child as the parent knows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Child {
-    pub name: String,
-    pub categories: Vec<String>,
-    pub all_patients: bool,
-    pub rules: CatchmentRules,
-    pub created_at: String,
-    pub revoked_at: Option<String>,
-    pub acked_seq: i64,
-    pub last_contact: Option<String>,
-    pub catchment_patients: i64,
-    pub held_items: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -550,10 +498,7 @@ async fn apply_rules(session: &mut Session, child: &Child, newest: i64) -> Resul
             matched.extend(session.query(&sql, &params).await?.iter().filter_map(|r| Some((r.text("uuid")?, "rule:address".to_owned()))));
         }
         for (uuid, reason) in matched {
-            let sql = match session.dialect() {
-                Dialect::MySql => format!("INSERT IGNORE INTO {CATCHMENT_TABLE} (child, patient_uuid, reason, needs_record) VALUES (?, ?, ?, 1)"),
-                Dialect::Sqlite => format!("INSERT OR IGNORE INTO {CATCHMENT_TABLE} (child, patient_uuid, reason, needs_record) VALUES (?, ?, ?, 1)"),
-            };
+            let sql = format!("{} INTO {CATCHMENT_TABLE} (child, patient_uuid, reason, needs_record) VALUES (?, ?, ?, 1)", insert_ignore(session.dialect()));
             session.execute(&sql, &[child.name.as_str().into(), uuid.into(), reason.chars().take(32).collect::<String>().into()]).await?;
         }
     }
@@ -606,13 +551,11 @@ pub async fn push_items(session: &mut Session, model: &Model, policy: &PolicyCon
     let receiver = Receiver { model, from: Side::Child, peer: &child.name, policy };
     let mut cache = LookupCache::default();
     let dialect = session.dialect();
-    if dialect == Dialect::MySql {
-        session.execute_script("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
-    }
+    session.read_committed().await?;
     session.begin().await?;
     let outcome = async {
         capture::set_origin(session, &origin).await?;
-        let lock = if dialect == Dialect::MySql { " FOR UPDATE" } else { "" };
+        let lock = for_update(dialect);
         let acked = session
             .query(&format!("SELECT acked_seq FROM {CHILD_TABLE} WHERE name = ?{lock}"), &[child.name.as_str().into()])
             .await?
@@ -697,10 +640,7 @@ async fn add_to_catchment(session: &mut Session, model: &Model, child: &str, tab
 }
 
 async fn insert_catchment(session: &mut Session, child: &str, patient: &str, reason: &str) -> Result<(), ParentError> {
-    let sql = match session.dialect() {
-        Dialect::MySql => format!("INSERT IGNORE INTO {CATCHMENT_TABLE} (child, patient_uuid, reason) VALUES (?, ?, ?)"),
-        Dialect::Sqlite => format!("INSERT OR IGNORE INTO {CATCHMENT_TABLE} (child, patient_uuid, reason) VALUES (?, ?, ?)"),
-    };
+    let sql = format!("{} INTO {CATCHMENT_TABLE} (child, patient_uuid, reason) VALUES (?, ?, ?)", insert_ignore(session.dialect()));
     session.execute(&sql, &[child.into(), patient.into(), reason.into()]).await?;
     Ok(())
 }

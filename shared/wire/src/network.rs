@@ -282,3 +282,54 @@ pub struct HeldItem {
     pub received_at: String,
 }
 
+/// Patients a child receives besides those it registered, wrote or fetched; set with
+/// `feed-publisher child add` and kept in the child's registration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatchmentRules {
+    /// Location uuids: patients with an identifier, visit or encounter at one of them.
+    pub locations: Vec<String>,
+    /// Identifier prefixes (as Bahmni does): patients with an identifier starting with one.
+    pub identifier_prefixes: Vec<String>,
+    /// `person_address` column and value: patients with a non-voided address matching.
+    pub address: BTreeMap<String, String>,
+}
+
+/// The `person_address` columns a rule may name.
+pub const ADDRESS_COLUMNS: &[&str] = &[
+    "address1", "address2", "address3", "address4", "address5", "address6", "city_village", "county_district", "state_province", "country", "postal_code",
+];
+
+impl CatchmentRules {
+    pub fn is_empty(&self) -> bool {
+        self.locations.is_empty() && self.identifier_prefixes.is_empty() && self.address.is_empty()
+    }
+
+    /// Parses `--address column=value` pairs.
+    pub fn parse_address(pairs: &[String]) -> Result<BTreeMap<String, String>, String> {
+        let mut address = BTreeMap::new();
+        for pair in pairs {
+            let (column, value) = pair.split_once('=').ok_or_else(|| format!("--address {pair:?}: expected COLUMN=VALUE, e.g. county_district=Gasabo"))?;
+            if !ADDRESS_COLUMNS.contains(&column) {
+                return Err(format!("--address {column}: not a person_address column a rule can use; use one of {}", ADDRESS_COLUMNS.join(", ")));
+            }
+            address.insert(column.to_owned(), value.to_owned());
+        }
+        Ok(address)
+    }
+}
+
+/// A registered child as the parent knows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Child {
+    pub name: String,
+    pub categories: Vec<String>,
+    pub all_patients: bool,
+    pub rules: CatchmentRules,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+    pub acked_seq: i64,
+    pub last_contact: Option<String>,
+    pub catchment_patients: i64,
+    pub held_items: i64,
+}
