@@ -33,6 +33,9 @@ use sha2::{Digest, Sha256};
 use feedsync_node::capture::{self, EVENT_TABLE, JOURNAL_TABLE};
 use feedsync_wire::hex;
 use feedsync_db::{Dialect, Session, Value};
+use feedsync_core::alerts::{self, AlertsConfig, ChildFacts, Problem, QUEUE_PENDING_PUSH, QUEUE_WAITING_TO_CHILD, describe_age, plural};
+use feedsync_node::clock::{age_s, db_now, parse_time};
+use crate::status;
 use feedsync_node::exchange::{self, AUDIT_TABLE, CATCHMENT_TABLE, COMMAND_TABLE, CONFLICT_TABLE, INBOX_TABLE, PEER_PARENT, Receiver, ResolveError, Take};
 use feedsync_wire::network::{CommandAction, Conflict, HeldItem, RoundSummary};
 use feedsync_core::merge::Side;
@@ -58,10 +61,6 @@ pub const AUDIT_ACTOR: &str = "dashboard";
 pub const ROUND_TABLE: &str = "feedsync_dashboard_round";
 /// Rounds kept per child; older ones are deleted as new ones are recorded.
 pub const ROUNDS_PER_CHILD_MAX: i64 = 200;
-/// A child not heard from for this long is flagged (`?silent_hours=` overrides).
-pub const SILENT_AFTER_S_DEFAULT: i64 = 24 * 3600;
-/// A queue that grew at each of this many consecutive observations is flagged.
-pub const QUEUE_GROWTH_STEPS: usize = 3;
 /// Journal rows older than this mean the sequencer is not keeping up.
 const JOURNAL_STALL_S: i64 = 300;
 /// Rounds read per child for trends (growth, how long pushes have been pending).
@@ -337,8 +336,8 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, path: &str) -> 
     let mut session = app.database.session().await?;
     let post = method == Method::POST;
     match (post, segments.as_slice()) {
-        (false, ["overview"]) => Ok(api_json(&overview(&mut session, &query).await?)),
-        (false, ["children", name]) => Ok(api_json(&child_page(&mut session, name, &query).await?)),
+        (false, ["overview"]) => Ok(api_json(&overview(&mut session, &query, &app.config.alerts).await?)),
+        (false, ["children", name]) => Ok(api_json(&child_page(&mut session, name, &query, &app.config.alerts).await?)),
         (false, ["held"]) => Ok(api_json(&held_page(&mut session, query.get("child").map(String::as_str)).await?)),
         (false, ["conflicts"]) => Ok(api_json(&conflicts_page(&mut session, query.get("all").is_some_and(|v| v == "1" || v == "true")).await?)),
         (false, ["patients"]) => Ok(api_json(&patients(&mut session, &query).await?)),
@@ -574,117 +573,6 @@ async fn recent_rounds(session: &mut Session, child: &str, limit: i64) -> Result
         .collect())
 }
 
-// ---- time ----
-
-
-/// The database's clock: every stored time here was written by it, so ages compare like with like.
-async fn db_now(session: &mut Session) -> Result<String, HttpError> {
-    let sql = format!("SELECT {} AS now", feedsync_core::sql::now_sql(session.dialect()));
-    Ok(session.query(&sql, &[]).await?.first().and_then(|r| r.text("now")).unwrap_or_default())
-}
-
-fn parse_time(text: &str) -> Option<chrono::NaiveDateTime> {
-    let text = text.trim().trim_end_matches('Z').replace('T', " ");
-    chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S%.f").ok()
-}
-
-/// Seconds from `then` to `now` (both as the database writes times); `None` when unreadable.
-pub fn age_s(now: &str, then: Option<&str>) -> Option<i64> {
-    let (now, then) = (parse_time(now)?, parse_time(then?)?);
-    Some((now - then).num_seconds().max(0))
-}
-
-/// `1 open conflict`, `2 open conflicts`.
-fn plural(n: i64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
-/// `3 d 4 h`, `2 h 5 min`, `40 s`: two units at most.
-pub fn describe_age(seconds: i64) -> String {
-    let (d, h, m) = (seconds / 86_400, (seconds % 86_400) / 3600, (seconds % 3600) / 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{seconds} s"),
-        (0, 0, m) => format!("{m} min"),
-        (0, h, m) => format!("{h} h {m} min"),
-        (d, h, _) => format!("{d} d {h} h"),
-    }
-}
-
-// ---- overview ----
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    /// `never_connected`, `silent`, `queue_growing`, `held`, `conflicts`, `round_failed`,
-    /// `journal_behind`.
-    pub kind: &'static str,
-    pub text: String,
-}
-
-/// What the problems of one child are decided from.
-#[derive(Debug, Clone, Default)]
-pub struct ChildFacts {
-    pub revoked: bool,
-    pub last_contact_age_s: Option<i64>,
-    pub silent_after_s: i64,
-    pub held_at_parent: i64,
-    pub held_at_child: i64,
-    pub conflicts_at_parent: i64,
-    pub conflicts_at_child: i64,
-    pub round_error: Option<String>,
-    /// Queued totals, oldest observation first.
-    pub queued_history: Vec<i64>,
-}
-
-/// The problems an operator should look at, most urgent first. Pure.
-pub fn child_problems(facts: &ChildFacts) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    if facts.revoked {
-        return problems;
-    }
-    match facts.last_contact_age_s {
-        None => {
-            problems.push(Problem { kind: "never_connected", text: "never connected: run `feed-subscriber run --parent ... --token ...` at the child".into() })
-        }
-        Some(age) if age > facts.silent_after_s => problems.push(Problem { kind: "silent", text: format!("silent for {}", describe_age(age)) }),
-        Some(_) => {}
-    }
-    if let Some(error) = &facts.round_error {
-        problems.push(Problem { kind: "round_failed", text: format!("last round failed: {error}") });
-    }
-    if queue_growing(&facts.queued_history) {
-        let last = facts.queued_history.last().copied().unwrap_or_default();
-        problems.push(Problem {
-            kind: "queue_growing",
-            text: format!("queue growing: {} waiting, more at each of the last {QUEUE_GROWTH_STEPS} rounds", plural(last, "change", "changes")),
-        });
-    }
-    let held = facts.held_at_parent + facts.held_at_child;
-    if held > 0 {
-        problems.push(Problem {
-            kind: "held",
-            text: format!("{held} held (failed events): {} at the parent, {} at the child", facts.held_at_parent, facts.held_at_child),
-        });
-    }
-    let conflicts = facts.conflicts_at_parent + facts.conflicts_at_child;
-    if conflicts > 0 {
-        problems.push(Problem {
-            kind: "conflicts",
-            text: format!(
-                "{}: {} found at the parent, {} at the child",
-                plural(conflicts, "open conflict", "open conflicts"),
-                facts.conflicts_at_parent,
-                facts.conflicts_at_child
-            ),
-        });
-    }
-    problems
-}
-
-/// The queue rose at each of the last [`QUEUE_GROWTH_STEPS`] observations. Pure.
-pub fn queue_growing(history: &[i64]) -> bool {
-    history.len() > QUEUE_GROWTH_STEPS && history[history.len() - QUEUE_GROWTH_STEPS - 1..].windows(2).all(|w| w[1] > w[0])
-}
-
 /// When the child's pushes started waiting: the oldest of the latest unbroken run of rounds
 /// that ended with changes still to push (newest first in). `None` when none wait.
 fn pending_since(rounds_newest_first: &[RecordedRound]) -> Option<String> {
@@ -734,28 +622,33 @@ struct ChildStatus {
 
 struct Context {
     now: String,
-    silent_after_s: i64,
+    /// The `[alerts]` rules, with `?silent_hours=` applied.
+    alerts: AlertsConfig,
+    /// The alert checks' queue observations (what `queue_growing` looks at), by row name.
+    histories: BTreeMap<String, Vec<i64>>,
     conflicts_by_peer: HashMap<String, i64>,
     recorded: HashMap<String, String>,
 }
 
-async fn context(session: &mut Session, query: &BTreeMap<String, String>) -> Result<Context, HttpError> {
-    let silent_after_s = match query.get("silent_hours") {
-        Some(h) => h
+async fn context(session: &mut Session, query: &BTreeMap<String, String>, alerts: &AlertsConfig) -> Result<Context, HttpError> {
+    let mut alerts = alerts.clone();
+    if let Some(h) = query.get("silent_hours") {
+        alerts.child_silent_after_s = h
             .parse::<f64>()
             .ok()
-            .filter(|h| *h > 0.0)
-            .map(|h| (h * 3600.0) as i64)
-            .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, format!("silent_hours={h:?} is not a positive number"), "e.g. silent_hours=24"))?,
-        None => SILENT_AFTER_S_DEFAULT,
-    };
+            .filter(|h| *h > 0.0 && *h < 1e9)
+            .map(|h| ((h * 3600.0) as u64).max(1))
+            .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, format!("silent_hours={h:?} is not a positive number"), "e.g. silent_hours=24"))?;
+    }
+    let now = db_now(session).await?;
+    let histories = status::load_histories(session, &now, &alerts).await?;
     let conflicts_by_peer = session
         .query(&format!("SELECT peer, COUNT(*) AS n FROM {CONFLICT_TABLE} WHERE status = 'open' AND site_side = 'parent' GROUP BY peer"), &[])
         .await?
         .iter()
         .filter_map(|r| Some((r.text("peer")?, r.i64("n")?)))
         .collect();
-    Ok(Context { now: db_now(session).await?, silent_after_s, conflicts_by_peer, recorded: last_recorded(session).await? })
+    Ok(Context { now, alerts, histories, conflicts_by_peer, recorded: last_recorded(session).await? })
 }
 
 async fn child_status(session: &mut Session, child: &Child, cx: &Context) -> Result<ChildStatus, HttpError> {
@@ -801,17 +694,21 @@ async fn child_status(session: &mut Session, child: &Child, cx: &Context) -> Res
             queued_history.push(now);
         }
     }
+    // The same facts `status` gives the alert rules, so both list the same problems.
+    let history = |queue: &str| cx.histories.get(&status::history_name(&child.name, queue)).cloned().unwrap_or_default();
     let facts = ChildFacts {
+        name: child.name.clone(),
         revoked: child.revoked_at.is_some(),
         last_contact_age_s,
-        silent_after_s: cx.silent_after_s,
+        registered_age_s: age_s(&cx.now, Some(&child.created_at)),
         held_at_parent: child.held_items,
         held_at_child: report.as_ref().map_or(0, |(r, _)| r.held_total),
         conflicts_at_parent,
         conflicts_at_child: report.as_ref().map_or(0, |(r, _)| r.open_conflicts),
-        round_error: report.as_ref().and_then(|(r, _)| r.round.error.clone()),
-        queued_history: queued_history.clone(),
+        waiting_history: history(QUEUE_WAITING_TO_CHILD),
+        pending_push_history: history(QUEUE_PENDING_PUSH),
     };
+    let round_error = report.as_ref().and_then(|(r, _)| r.round.error.clone());
     Ok(ChildStatus {
         name: child.name.clone(),
         revoked: child.revoked_at.is_some(),
@@ -836,7 +733,7 @@ async fn child_status(session: &mut Session, child: &Child, cx: &Context) -> Res
         catchment_patients: child.catchment_patients,
         last_round: report.as_ref().map(|(r, _)| r.round.clone()),
         queued_history,
-        problems: child_problems(&facts),
+        problems: alerts::child_problems(&facts, round_error.as_deref(), &cx.alerts),
     })
 }
 
@@ -883,8 +780,8 @@ async fn parent_status(session: &mut Session, now: &str) -> Result<Json, HttpErr
     }))
 }
 
-async fn overview(session: &mut Session, query: &BTreeMap<String, String>) -> Result<Json, HttpError> {
-    let cx = context(session, query).await?;
+async fn overview(session: &mut Session, query: &BTreeMap<String, String>, alerts: &AlertsConfig) -> Result<Json, HttpError> {
+    let cx = context(session, query, alerts).await?;
     let children = network::list_children(session).await.map_err(admin_error)?;
     let mut rows = Vec::with_capacity(children.len());
     for child in &children {
@@ -903,17 +800,17 @@ async fn overview(session: &mut Session, query: &BTreeMap<String, String>) -> Re
         "conflicts_at_children": active().filter_map(|r| r.conflicts_at_child).sum::<i64>(),
         "catchment_patients": active().map(|r| r.catchment_patients).sum::<i64>(),
     });
-    Ok(json!({ "now": cx.now, "silent_after_s": cx.silent_after_s, "parent": parent, "totals": totals, "children": rows }))
+    Ok(json!({ "now": cx.now, "silent_after_s": cx.alerts.child_silent_after_s, "parent": parent, "totals": totals, "children": rows }))
 }
 
 // ---- a child's page ----
 
-async fn child_page(session: &mut Session, name: &str, query: &BTreeMap<String, String>) -> Result<Json, HttpError> {
+async fn child_page(session: &mut Session, name: &str, query: &BTreeMap<String, String>, alerts: &AlertsConfig) -> Result<Json, HttpError> {
     let unknown = || HttpError::new(StatusCode::NOT_FOUND, format!("no child named {name:?}"), "the overview lists the registered children");
     if !exchange::valid_child_name(name) {
         return Err(unknown());
     }
-    let cx = context(session, query).await?;
+    let cx = context(session, query, alerts).await?;
     let child = network::list_children(session).await.map_err(admin_error)?.into_iter().find(|c| c.name == name).ok_or_else(unknown)?;
     let status = child_status(session, &child, &cx).await?;
     let report = network::child_report(session, name).await.map_err(admin_error)?;
@@ -1473,48 +1370,6 @@ mod tests {
         for access in [Access::Loopback, Access::Bearer, Access::Cookie] {
             assert_eq!(check_action_request(&form, access).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         }
-    }
-
-    #[test]
-    fn ages_and_their_words() {
-        assert_eq!(age_s("2026-01-02 10:00:00.000", Some("2026-01-01 09:00:00")), Some(25 * 3600));
-        assert_eq!(age_s("2026-01-02 10:00:00.500000", Some("2026-01-02T09:59:30.000Z")), Some(30));
-        assert_eq!(age_s("2026-01-02 10:00:00", Some("not a time")), None);
-        assert_eq!(age_s("2026-01-02 10:00:00", None), None);
-        assert_eq!(describe_age(40), "40 s");
-        assert_eq!(describe_age(125), "2 min");
-        assert_eq!(describe_age(3 * 3600 + 300), "3 h 5 min");
-        assert_eq!(describe_age(2 * 86_400 + 3 * 3600 + 59), "2 d 3 h");
-    }
-
-    #[test]
-    fn problems_stand_out_in_words() {
-        let quiet = ChildFacts { last_contact_age_s: Some(60), silent_after_s: 3600, ..ChildFacts::default() };
-        assert!(child_problems(&quiet).is_empty());
-        let kinds = |f: &ChildFacts| child_problems(f).iter().map(|p| p.kind).collect::<Vec<_>>();
-        assert_eq!(kinds(&ChildFacts { last_contact_age_s: None, ..quiet.clone() }), ["never_connected"]);
-        assert_eq!(kinds(&ChildFacts { last_contact_age_s: Some(7200), ..quiet.clone() }), ["silent"]);
-        let busy = ChildFacts {
-            held_at_parent: 1,
-            held_at_child: 2,
-            conflicts_at_child: 1,
-            round_error: Some("parent unreachable".into()),
-            queued_history: vec![0, 5, 9, 30],
-            ..quiet.clone()
-        };
-        assert_eq!(kinds(&busy), ["round_failed", "queue_growing", "held", "conflicts"]);
-        assert!(child_problems(&busy)[2].text.starts_with("3 held"));
-        assert!(kinds(&ChildFacts { revoked: true, ..busy }).is_empty(), "a revoked child is no problem");
-    }
-
-    #[test]
-    fn a_queue_grows_only_when_it_rose_every_time() {
-        assert!(queue_growing(&[1, 2, 3, 4]));
-        assert!(queue_growing(&[9, 0, 2, 3, 4]));
-        assert!(!queue_growing(&[1, 2, 3]), "too few observations");
-        assert!(!queue_growing(&[1, 2, 2, 4]));
-        assert!(!queue_growing(&[4, 3, 2, 1]));
-        assert!(!queue_growing(&[]));
     }
 
     fn held(id: i64, peer: &str, table: &str, key: &str, reason: &str) -> HeldItem {

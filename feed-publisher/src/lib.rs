@@ -2,7 +2,6 @@
 //! links and serves each entity's current state. The binary in `main.rs` is a thin CLI over
 //! these modules; tests and benchmarks drive them directly.
 
-pub mod alerts;
 pub mod dashboard;
 pub mod metrics;
 pub mod network;

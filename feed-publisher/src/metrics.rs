@@ -19,7 +19,7 @@ use hyper::{Request, StatusCode};
 
 pub use feedsync_core::exposition::{CONTENT_TYPE, Exposition, Kind, Sample, escape_label_value, find, format_value, parse_exposition};
 
-use crate::alerts::AlertKind;
+use feedsync_wire::alerts::AlertKind;
 use crate::server::{App, HttpError, PeerAddr, Reply};
 use crate::status::Status;
 

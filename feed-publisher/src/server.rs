@@ -69,6 +69,7 @@ impl App {
         // request (a database installed by an older version lacks them).
         feedsync_node::parent::prepare(&mut session).await?;
         crate::dashboard::prepare(&mut session).await?;
+        crate::status::prepare(&mut session).await?;
         let requests = Semaphore::new(config.limits.requests_in_flight_max);
         Ok(App {
             database,

@@ -5,7 +5,7 @@
 //! first, each with what to do) or its JSON; `GET /ws/feedsync/status` serves the JSON (with the
 //! dashboard's access rule); `/metrics` and the dashboard read it too.
 //!
-//! Alerts: the rules are pure ([`crate::alerts`]); this module gathers their facts, and in
+//! Alerts: the rules are pure ([`feedsync_core::alerts`]); this module gathers their facts, and in
 //! `serve` ([`run_alerts`]) checks them every `alerts.check_interval_s`, logs each alert that
 //! starts or clears, and POSTs it to `alerts.webhook_url` through a bounded queue with retries.
 //!
@@ -35,7 +35,8 @@ use feedsync_db::{DbError, Dialect, Session};
 use feedsync_node::exchange::{CHILD_TABLE, CONFLICT_TABLE, INBOX_TABLE};
 use feedsync_wire::network::RoundSummary;
 
-use crate::alerts::{self, Alert, ChildFacts, Event, Facts, QUEUE_PENDING_PUSH, QUEUE_WAITING_TO_CHILD, Transitions};
+use feedsync_core::alerts::{self, Alert, ChildFacts, Event, Facts, QUEUE_PENDING_PUSH, QUEUE_WAITING_TO_CHILD, Transitions};
+use feedsync_node::clock::{age_s, db_now};
 use feedsync_node::config::{AlertsConfig, Config, QUEUE_OBSERVATIONS_MAX};
 use feedsync_node::parent::{self as network, AdminError, ParentError};
 use feedsync_node::sequencer::ALL_FEED;
@@ -185,24 +186,8 @@ impl Status {
 // ---- gathering ----
 
 
-async fn db_now(session: &mut Session) -> Result<String, DbError> {
-    let sql = format!("SELECT {} AS now", feedsync_core::sql::now_sql(session.dialect()));
-    Ok(session.query(&sql, &[]).await?.first().and_then(|r| r.text("now")).unwrap_or_default())
-}
-
 async fn count(session: &mut Session, sql: &str) -> Result<i64, DbError> {
     Ok(session.query(sql, &[]).await?.first().and_then(|r| r.i64("n")).unwrap_or_default())
-}
-
-fn parse_time(text: &str) -> Option<chrono::NaiveDateTime> {
-    let text = text.trim().trim_end_matches('Z').replace('T', " ");
-    chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S%.f").ok()
-}
-
-/// Seconds from `then` to `now`, both as the database writes times; `None` when unreadable.
-pub fn age_s(now: &str, then: Option<&str>) -> Option<i64> {
-    let (now, then) = (parse_time(now)?, parse_time(then?)?);
-    Some((now - then).num_seconds().max(0))
 }
 
 async fn gather(session: &mut Session, config: &Config) -> Result<Status, StatusError> {
@@ -359,7 +344,7 @@ pub async fn prepare(session: &mut Session) -> Result<(), DbError> {
 const HISTORY_PREFIX: &str = "history:";
 const ANNOUNCED_PREFIX: &str = "firing:";
 
-fn history_name(child: &str, queue: &str) -> String {
+pub(crate) fn history_name(child: &str, queue: &str) -> String {
     format!("{HISTORY_PREFIX}{child}:{queue}")
 }
 
@@ -385,7 +370,7 @@ async fn remove(session: &mut Session, name: &str) -> Result<(), DbError> {
 }
 
 /// Queue observations that are not stale, by row name.
-async fn load_histories(session: &mut Session, now: &str, config: &AlertsConfig) -> Result<BTreeMap<String, Vec<i64>>, DbError> {
+pub(crate) async fn load_histories(session: &mut Session, now: &str, config: &AlertsConfig) -> Result<BTreeMap<String, Vec<i64>>, DbError> {
     let stale_after_s = STALE_CHECKS * config.check_interval_s as i64;
     Ok(session
         .query(&format!("SELECT name, value, updated_at FROM {ALERT_STATE_TABLE} WHERE name LIKE 'history:%'"), &[])
@@ -713,14 +698,6 @@ pub fn render_text(status: &Status, database: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ages_against_the_database_clock() {
-        assert_eq!(age_s("2026-01-02 00:00:00.000", Some("2026-01-01 00:00:00")), Some(86_400));
-        assert_eq!(age_s("2026-01-01 00:00:00", Some("2026-01-01T00:00:05.5Z")), Some(0), "a clock step back is not negative");
-        assert_eq!(age_s("2026-01-01 00:00:00", None), None);
-        assert_eq!(age_s("garbage", Some("2026-01-01 00:00:00")), None);
-    }
 
     #[test]
     fn text_puts_problems_first_with_what_to_do() {

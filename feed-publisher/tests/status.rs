@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use feed_publisher::alerts::AlertKind;
+use feedsync_wire::alerts::AlertKind;
 use feedsync_node::parent as network;
 use feed_publisher::status::Status;
 use feedsync_sim::testdb::{Source, TestDatabase, unique_name};

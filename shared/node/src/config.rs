@@ -26,52 +26,7 @@ pub struct Config {
     pub alerts: AlertsConfig,
 }
 
-/// The `[alerts]` section. Every threshold has a unit in its name; `examples/feed-publisher.toml`
-/// explains each one and why its default was chosen.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AlertsConfig {
-    /// How often `serve` evaluates the rules and records one observation of each child's
-    /// queues (what `queue_growing` looks at).
-    pub check_interval_s: u64,
-    /// `child_silent`: an active child not heard from (online round or USB import) for longer
-    /// than this; a child never heard from counts from its registration.
-    pub child_silent_after_s: u64,
-    /// `queue_growing`: how many of the latest observations (one per check) a queue must not
-    /// have shrunk over...
-    pub queue_growing_observations: usize,
-    /// ...while growing by at least this many changes from the first to the last of them.
-    pub queue_growing_min_increase: i64,
-    /// `failed_events`: held changes (at this server for a child, or reported by the child)
-    /// at or above this count.
-    pub failed_events_min: i64,
-    /// `conflicts_open`: open conflict records (at this server with a child, or reported by
-    /// the child) at or above this count.
-    pub conflicts_open_min: i64,
-    /// Where a JSON message is POSTed when an alert starts and when it clears (`http://` only;
-    /// put a TLS proxy in front for https). Empty: no webhook, alerts are logged and shown.
-    pub webhook_url: String,
-    /// Longest one webhook POST may take.
-    pub webhook_timeout_ms: u64,
-    /// Attempts per message before it is given up (it stays in the log and on the dashboard).
-    pub webhook_attempts_max: u32,
-}
-
-impl Default for AlertsConfig {
-    fn default() -> Self {
-        AlertsConfig {
-            check_interval_s: 60,
-            child_silent_after_s: 86_400,
-            queue_growing_observations: 30,
-            queue_growing_min_increase: 100,
-            failed_events_min: 1,
-            conflicts_open_min: 1,
-            webhook_url: String::new(),
-            webhook_timeout_ms: 10_000,
-            webhook_attempts_max: 5,
-        }
-    }
-}
+pub use feedsync_wire::alerts::AlertsConfig;
 
 /// Observations kept per child and queue (the bound on `queue_growing_observations`).
 pub const QUEUE_OBSERVATIONS_MAX: usize = 100;
@@ -212,7 +167,7 @@ impl Config {
         if self.limits.batch_resources_max == 0 || self.limits.requests_in_flight_max == 0 {
             return Err(ConfigError::Invalid { key: "limits", message: "limits must be at least 1".into() });
         }
-        self.alerts.validate()
+        validate_alerts(&self.alerts)
     }
 
     /// The link templates for a category: the configured ones, else the built-in defaults for
@@ -248,37 +203,35 @@ impl Config {
     }
 }
 
-impl AlertsConfig {
-    /// Checks values that parse but cannot work.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
-        if !(1..=ALERT_CHECK_INTERVAL_S_MAX).contains(&self.check_interval_s) {
-            return invalid("alerts.check_interval_s", format!("must be 1..={ALERT_CHECK_INTERVAL_S_MAX} seconds, got {}", self.check_interval_s));
-        }
-        if self.child_silent_after_s == 0 {
-            return invalid("alerts.child_silent_after_s", "must be at least 1 second".into());
-        }
-        if !(2..=QUEUE_OBSERVATIONS_MAX).contains(&self.queue_growing_observations) {
-            return invalid("alerts.queue_growing_observations", format!("must be 2..={QUEUE_OBSERVATIONS_MAX}, got {}", self.queue_growing_observations));
-        }
-        if self.queue_growing_min_increase < 1 || self.failed_events_min < 1 || self.conflicts_open_min < 1 {
-            return invalid("alerts", "queue_growing_min_increase, failed_events_min and conflicts_open_min must be at least 1".into());
-        }
-        if !self.webhook_url.is_empty() {
-            let url = url::Url::parse(&self.webhook_url)
-                .map_err(|e| ConfigError::Invalid { key: "alerts.webhook_url", message: format!("{:?} is not a URL: {e}", self.webhook_url) })?;
-            if url.scheme() != "http" {
-                return invalid(
-                    "alerts.webhook_url",
-                    format!("only http:// is supported, got {}://; put a TLS proxy (e.g. nginx) in front for https", url.scheme()),
-                );
-            }
-        }
-        if self.webhook_timeout_ms == 0 || !(1..=WEBHOOK_ATTEMPTS_MAX_LIMIT).contains(&self.webhook_attempts_max) {
-            return invalid("alerts", format!("webhook_timeout_ms must be at least 1 and webhook_attempts_max 1..={WEBHOOK_ATTEMPTS_MAX_LIMIT}"));
-        }
-        Ok(())
+/// Checks `[alerts]` values that parse but cannot work.
+fn validate_alerts(alerts: &AlertsConfig) -> Result<(), ConfigError> {
+    let invalid = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
+    if !(1..=ALERT_CHECK_INTERVAL_S_MAX).contains(&alerts.check_interval_s) {
+        return invalid("alerts.check_interval_s", format!("must be 1..={ALERT_CHECK_INTERVAL_S_MAX} seconds, got {}", alerts.check_interval_s));
     }
+    if alerts.child_silent_after_s == 0 {
+        return invalid("alerts.child_silent_after_s", "must be at least 1 second".into());
+    }
+    if !(2..=QUEUE_OBSERVATIONS_MAX).contains(&alerts.queue_growing_observations) {
+        return invalid("alerts.queue_growing_observations", format!("must be 2..={QUEUE_OBSERVATIONS_MAX}, got {}", alerts.queue_growing_observations));
+    }
+    if alerts.queue_growing_min_increase < 1 || alerts.failed_events_min < 1 || alerts.conflicts_open_min < 1 {
+        return invalid("alerts", "queue_growing_min_increase, failed_events_min and conflicts_open_min must be at least 1".into());
+    }
+    if !alerts.webhook_url.is_empty() {
+        let url = url::Url::parse(&alerts.webhook_url)
+            .map_err(|e| ConfigError::Invalid { key: "alerts.webhook_url", message: format!("{:?} is not a URL: {e}", alerts.webhook_url) })?;
+        if url.scheme() != "http" {
+            return invalid(
+                "alerts.webhook_url",
+                format!("only http:// is supported, got {}://; put a TLS proxy (e.g. nginx) in front for https", url.scheme()),
+            );
+        }
+    }
+    if alerts.webhook_timeout_ms == 0 || !(1..=WEBHOOK_ATTEMPTS_MAX_LIMIT).contains(&alerts.webhook_attempts_max) {
+        return invalid("alerts", format!("webhook_timeout_ms must be at least 1 and webhook_attempts_max 1..={WEBHOOK_ATTEMPTS_MAX_LIMIT}"));
+    }
+    Ok(())
 }
 
 /// Fills a link template; `None` when it names a value this entry does not have.

@@ -1,11 +1,13 @@
 //! Every database effect of a sync node, and no HTTP: change capture and the toolkit's tables
 //! (`capture`), identity lookups and resource rendering (`lookup`), applying a resource by
 //! identity (`apply`), the parent/child exchange: receive, inbox, outbox, conflicts, audit
-//! (`exchange`), patient search (`search`), two databases compared by identity (`compare`), and
-//! the progress line long work shows on a terminal (`progress`).
+//! (`exchange`), the parent side of the network (`parent`), patient search (`search`), two
+//! databases compared by identity (`compare`), ages by the database's clock (`clock`), and the
+//! progress line long work shows on a terminal (`progress`).
 
 pub mod apply;
 pub mod capture;
+pub mod clock;
 pub mod config;
 pub mod compare;
 pub mod exchange;

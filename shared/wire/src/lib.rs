@@ -1,7 +1,9 @@
 //! Every type the toolkit serializes on the wire or on a USB stick, and nothing else: the
 //! resources and batch fetch the publisher serves (`resource`), the parent/child protocol
-//! (`network`), and the sealed USB file format (`bundle`). No IO, no database.
+//! (`network`), alerts and their config section (`alerts`), and the sealed USB file format
+//! (`bundle`). No IO, no database.
 
+pub mod alerts;
 pub mod bundle;
 pub mod network;
 pub mod resource;

@@ -1,6 +1,9 @@
-//! Alert rules: pure functions of facts the status gathered (no clock, no IO), so they are
-//! tested over thousands of generated cases. `status.rs` gathers the facts from the database,
-//! runs [`evaluate`], and in `serve` keeps what was announced and calls the webhook.
+//! The one problem/alert engine: pure functions of facts gathered elsewhere (no clock, no IO),
+//! tested over thousands of generated cases. The publisher's `status.rs` gathers the facts from
+//! the database and runs [`evaluate`] for `status`, `/ws/feedsync/status`, `/metrics` and the
+//! webhook (in `serve` it keeps what was announced); the dashboard lists the same per-child
+//! rules in its own words with [`child_problems`]. The types they produce travel as
+//! `feedsync_wire::alerts`.
 //!
 //! The rules (thresholds in `[alerts]`, [`AlertsConfig`]):
 //! - `child_silent`: an active child not heard from (online round or USB import) for longer than
@@ -26,58 +29,9 @@
 //! alerts announced with those firing now, so a message goes out when a key appears and when it
 //! disappears, never because its numbers moved.
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use feedsync_node::config::AlertsConfig;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AlertKind {
-    ChildSilent,
-    QueueGrowing,
-    FailedEvents,
-    ConflictsOpen,
-}
-
-impl AlertKind {
-    pub const ALL: [AlertKind; 4] = [AlertKind::ChildSilent, AlertKind::QueueGrowing, AlertKind::FailedEvents, AlertKind::ConflictsOpen];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertKind::ChildSilent => "child_silent",
-            AlertKind::QueueGrowing => "queue_growing",
-            AlertKind::FailedEvents => "failed_events",
-            AlertKind::ConflictsOpen => "conflicts_open",
-        }
-    }
-}
-
-/// The queue names, the same as the status fields they come from.
-pub const QUEUE_WAITING_TO_CHILD: &str = "waiting_to_child";
-pub const QUEUE_PENDING_PUSH: &str = "pending_push";
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Alert {
-    /// What identifies it across checks: `kind`, `kind:child` or `kind:child:queue`.
-    pub key: String,
-    pub kind: AlertKind,
-    /// The child it is about; `None` for this server's own.
-    pub child: Option<String>,
-    /// `queue_growing` only: which queue.
-    pub queue: Option<String>,
-    /// The number the rule looked at (seconds silent, changes queued, held or in conflict).
-    pub value: i64,
-    /// The configured threshold it crossed.
-    pub threshold: i64,
-    /// What is wrong, in words.
-    pub message: String,
-    /// What to do about it.
-    pub hint: String,
-    /// When `serve` first found it firing (database clock); `None` until then.
-    #[serde(default)]
-    pub since: Option<String>,
-}
+pub use feedsync_wire::alerts::{Alert, AlertKind, AlertsConfig, Problem, QUEUE_PENDING_PUSH, QUEUE_WAITING_TO_CHILD};
 
 /// What the rules about one child are decided from.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -292,6 +246,45 @@ pub fn conflicts_open(child: &ChildFacts, config: &AlertsConfig) -> Option<Alert
             .into(),
         since: None,
     })
+}
+
+/// The problems the dashboard lists for one child, most urgent first: the per-child alerts the
+/// rules above raise (same rules, same thresholds, so the dashboard, `status`, `/metrics` and
+/// the webhook never disagree), in the dashboard's words, and two things that page no one but
+/// an operator looking at the child should see: it never connected, its last round failed.
+pub fn child_problems(child: &ChildFacts, last_round_error: Option<&str>, config: &AlertsConfig) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if child.revoked {
+        return problems;
+    }
+    if child.last_contact_age_s.is_none() {
+        problems.push(Problem { kind: "never_connected", text: "never connected: run `feed-subscriber run --parent ... --token ...` at the child".into() });
+    } else if let Some(silent) = child_silent(child, config) {
+        problems.push(Problem { kind: "silent", text: format!("silent for {}", describe_age(silent.value)) });
+    }
+    if let Some(error) = last_round_error {
+        problems.push(Problem { kind: "round_failed", text: format!("last round failed: {error}") });
+    }
+    for growing in queue_growing(child, config) {
+        problems.push(Problem { kind: "queue_growing", text: format!("queue growing: {}", growing.message) });
+    }
+    if let Some(held) = failed_events(child, config) {
+        let at_parent = child.held_at_parent;
+        problems.push(Problem { kind: "held", text: format!("{} held (failed events): {at_parent} at the parent, {} at the child", held.value, held.value - at_parent) });
+    }
+    if let Some(open) = conflicts_open(child, config) {
+        let at_parent = child.conflicts_at_parent;
+        problems.push(Problem {
+            kind: "conflicts",
+            text: format!("{}: {at_parent} found at the parent, {} at the child", plural(open.value, "open conflict", "open conflicts"), open.value - at_parent),
+        });
+    }
+    problems
+}
+
+/// `1 open conflict`, `2 open conflicts`.
+pub fn plural(n: i64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// What changed between the alerts announced and those firing now, by key.
@@ -625,6 +618,52 @@ mod tests {
     }
 
     #[test]
+    fn the_dashboard_lists_the_same_rules_in_words() {
+        let config = AlertsConfig { child_silent_after_s: 3600, queue_growing_observations: 3, queue_growing_min_increase: 5, ..AlertsConfig::default() };
+        let quiet = ChildFacts { name: "north".into(), last_contact_age_s: Some(60), registered_age_s: Some(9_000), ..ChildFacts::default() };
+        assert!(child_problems(&quiet, None, &config).is_empty());
+        let kinds = |f: &ChildFacts, error: Option<&str>| child_problems(f, error, &config).iter().map(|p| p.kind).collect::<Vec<_>>();
+        assert_eq!(kinds(&ChildFacts { last_contact_age_s: None, ..quiet.clone() }, None), ["never_connected"], "not also silent");
+        assert_eq!(kinds(&ChildFacts { last_contact_age_s: Some(7200), ..quiet.clone() }, None), ["silent"]);
+        let busy = ChildFacts { held_at_parent: 1, held_at_child: 2, conflicts_at_child: 1, waiting_history: vec![0, 5, 9, 30], ..quiet.clone() };
+        assert_eq!(kinds(&busy, Some("parent unreachable")), ["round_failed", "queue_growing", "held", "conflicts"]);
+        let problems = child_problems(&busy, None, &config);
+        assert_eq!(problems[1].text, "3 held (failed events): 1 at the parent, 2 at the child");
+        assert_eq!(problems[2].text, "1 open conflict: 0 found at the parent, 1 at the child");
+        assert!(kinds(&ChildFacts { revoked: true, ..busy }, Some("x")).is_empty(), "a revoked child is no problem");
+    }
+
+    #[test]
+    fn problems_follow_the_alerts_on_generated_cases() {
+        // Per child, the dashboard's problems (besides its two notes) are exactly the alerts.
+        let mut rng = Rng(0xDA5B);
+        for _ in 0..2_000 {
+            let config = config(&mut rng);
+            let facts = facts(&mut rng);
+            let alerts = evaluate(&facts, &config);
+            // A revoked child is not listed with problems; what it left held or in conflict
+            // still alerts, and the dashboard shows it in the parent's own totals.
+            for child in facts.children.iter().filter(|c| !c.revoked) {
+                let mut from_alerts: Vec<&str> = alerts
+                    .iter()
+                    .filter(|a| a.child.as_deref() == Some(&child.name))
+                    .filter(|a| !(a.kind == AlertKind::ChildSilent && child.last_contact_age_s.is_none()))
+                    .map(|a| match a.kind {
+                        AlertKind::ChildSilent => "silent",
+                        AlertKind::QueueGrowing => "queue_growing",
+                        AlertKind::FailedEvents => "held",
+                        AlertKind::ConflictsOpen => "conflicts",
+                    })
+                    .collect();
+                let mut shown: Vec<&str> = child_problems(child, None, &config).iter().map(|p| p.kind).filter(|k| *k != "never_connected").collect();
+                from_alerts.sort();
+                shown.sort();
+                assert_eq!(shown, from_alerts, "{child:?}");
+            }
+        }
+    }
+
+    #[test]
     fn webhook_messages_and_retries() {
         let alert = Alert {
             key: "child_silent:north".into(),
@@ -654,5 +693,9 @@ mod tests {
         assert_eq!(webhook_retry_delay_ms(1), WEBHOOK_RETRY_DELAY_MS_FIRST);
         assert_eq!(describe_age(90_000), "1 d 1 h");
         assert_eq!(describe_age(59), "59 s");
+        assert_eq!(describe_age(125), "2 min");
+        assert_eq!(describe_age(3 * 3600 + 300), "3 h 5 min");
+        assert_eq!(describe_age(2 * 86_400 + 3 * 3600 + 59), "2 d 3 h");
+        assert_eq!(describe_age(-5), "0 s", "a clock step back is not negative");
     }
 }
