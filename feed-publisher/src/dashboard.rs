@@ -22,7 +22,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
@@ -43,7 +42,7 @@ use feedsync_node::lookup::LookupCache;
 use feedsync_node::search;
 
 use feedsync_node::parent::{self as network, AdminError, Child};
-use crate::server::{App, HttpError, PeerAddr, Reply};
+use crate::server::{App, HttpError, PeerAddr, Reply, read_body};
 
 pub const DASHBOARD_PATH: &str = "/dashboard";
 pub const ADMIN_PATH: &str = "/ws/feedsync/admin";
@@ -381,30 +380,8 @@ fn number(text: &str) -> Result<i64, HttpError> {
     text.parse().map_err(|_| HttpError::new(StatusCode::NOT_FOUND, format!("{text:?} is not a number"), "ids are whole numbers, as the lists show them"))
 }
 
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, HttpError> {
-    let too_large =
-        || HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {ACTION_BODY_BYTES_MAX} bytes"), "send a smaller body");
-    if request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n > ACTION_BODY_BYTES_MAX)
-    {
-        return Err(too_large());
-    }
-    let body = Limited::new(request.into_body(), ACTION_BODY_BYTES_MAX).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            too_large()
-        } else {
-            HttpError::new(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"), "send the whole body")
-        }
-    })?;
-    Ok(body.to_bytes())
-}
-
 async fn read_json(request: Request<Incoming>) -> Result<Json, HttpError> {
-    let bytes = read_body(request).await?;
+    let bytes = read_body(request, ACTION_BODY_BYTES_MAX, "send a smaller body").await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
@@ -457,7 +434,7 @@ async fn login(app: &App, request: Request<Incoming>, peer: Option<SocketAddr>, 
     let mut offered: Option<String> =
         request.uri().query().and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()));
     if request.method() == Method::POST {
-        let body = read_body(request).await?;
+        let body = read_body(request, ACTION_BODY_BYTES_MAX, "send a smaller body").await?;
         offered = url::form_urlencoded::parse(&body).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()).or(offered);
     }
     let Some(offered) = offered else {

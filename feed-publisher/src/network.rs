@@ -5,8 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Method, Request, StatusCode};
@@ -17,7 +15,7 @@ use feedsync_node::parent::{self, Child, ParentError};
 use feedsync_node::{search, sequencer};
 use feedsync_wire::network::{ChildReport, Hello, ITEMS_PER_MESSAGE_MAX, PUSH_BODY_BYTES_MAX, PushRequest};
 
-use crate::server::{App, HttpError, Reply};
+use crate::server::{App, HttpError, Reply, read_body};
 
 /// Sequencer batches a patient fetch runs first, so rows pushed just before it are in the record.
 const FETCH_SEQUENCER_BATCHES_MAX: usize = 8;
@@ -81,14 +79,14 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> 
             json(&parent::changes(&mut session, &app.model, &child, after, limit).await?)
         }
         (Method::POST, "/push") => {
-            let body = read_body(request, PUSH_BODY_BYTES_MAX).await?;
+            let body = read_body(request, PUSH_BODY_BYTES_MAX, "send fewer items per push").await?;
             let push: PushRequest = serde_json::from_slice(&body).map_err(|e| {
                 HttpError::new(StatusCode::BAD_REQUEST, format!("push body is not a valid push: {e}"), "send {\"through_seq\": N, \"items\": [...]} as feed-subscriber does")
             })?;
             json(&parent::push_items(&mut session, &app.model, &app.config.network, &child, push).await?)
         }
         (Method::POST, "/report") => {
-            let body = read_body(request, PUSH_BODY_BYTES_MAX).await?;
+            let body = read_body(request, PUSH_BODY_BYTES_MAX, "send fewer items per push").await?;
             let report: ChildReport = serde_json::from_slice(&body)
                 .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("report body is not a valid child report: {e}"), "send the report feed-subscriber builds"))?;
             parent::store_report(&mut session, &child.name, &report).await?;
@@ -139,33 +137,5 @@ fn number(query: &BTreeMap<String, String>, name: &str, default: i64) -> Result<
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| HttpError::new(StatusCode::BAD_REQUEST, format!("{name}={v:?} is not a number"), "pass whole numbers")),
     }
-}
-
-async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, HttpError> {
-    let too_large = || HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {max} bytes"), "send fewer items per push");
-    if request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > max) {
-        return Err(too_large());
-    }
-    let gzip = request.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-    let body = Limited::new(request.into_body(), max).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            too_large()
-        } else {
-            HttpError::new(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"), "send the whole body")
-        }
-    })?;
-    let bytes = body.to_bytes();
-    if !gzip {
-        return Ok(bytes);
-    }
-    use std::io::Read;
-    let mut plain = Vec::new();
-    flate2::read::GzDecoder::new(&bytes[..]).take(max as u64 + 1).read_to_end(&mut plain).map_err(|e| {
-        HttpError::new(StatusCode::BAD_REQUEST, format!("gzip body could not be decompressed: {e}"), "send valid gzip or an uncompressed body")
-    })?;
-    if plain.len() > max {
-        return Err(too_large());
-    }
-    Ok(plain.into())
 }
 

@@ -438,23 +438,8 @@ async fn single_resource(app: &App, path: &str) -> Result<Reply, HttpError> {
 }
 
 async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError> {
-    let max = app.config.limits.request_body_bytes_max;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(too_large(max));
-    }
-    let body = Limited::new(request.into_body(), max).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            too_large(max)
-        } else {
-            HttpError::new(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"), "send the whole body")
-        }
-    })?;
-    let request: BatchRequest = serde_json::from_slice(&body.to_bytes()).map_err(|e| {
+    let body = read_body(request, app.config.limits.request_body_bytes_max, "send fewer links per request").await?;
+    let request: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
         HttpError::new(StatusCode::BAD_REQUEST, format!("batch request is not valid JSON: {e}"), "send {\"resources\": [\"/ws/feedsync/resource/{table}/{key}\", ...]}")
     })?;
     let items_max = app.config.limits.batch_resources_max;
@@ -474,8 +459,35 @@ async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
     Ok(Reply::json(StatusCode::OK, serde_json::to_vec(&BatchResponse { resources }).expect("batch serializes"), false))
 }
 
-fn too_large(max: usize) -> HttpError {
-    HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {max} bytes"), "send fewer links per request")
+/// Reads a request body of at most `max` bytes (refused early when `Content-Length` says more),
+/// decompressing `Content-Encoding: gzip` within the same limit. `smaller` says how to send
+/// less, for the 413 answer. The one body reader of every route.
+pub(crate) async fn read_body(request: Request<Incoming>, max: usize, smaller: &'static str) -> Result<Bytes, HttpError> {
+    let too_large = || HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {max} bytes"), smaller);
+    if request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let gzip = request.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let body = Limited::new(request.into_body(), max).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            too_large()
+        } else {
+            HttpError::new(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"), "send the whole body")
+        }
+    })?;
+    let bytes = body.to_bytes();
+    if !gzip {
+        return Ok(bytes);
+    }
+    use std::io::Read;
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&bytes[..]).take(max as u64 + 1).read_to_end(&mut plain).map_err(|e| {
+        HttpError::new(StatusCode::BAD_REQUEST, format!("gzip body could not be decompressed: {e}"), "send valid gzip or an uncompressed body")
+    })?;
+    if plain.len() > max {
+        return Err(too_large());
+    }
+    Ok(plain.into())
 }
 
 async fn health(app: &App) -> Result<Reply, HttpError> {
