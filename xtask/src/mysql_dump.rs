@@ -534,7 +534,8 @@ enum ValueKind {
 }
 
 #[derive(Debug)]
-struct Column {
+/// A column as the dump declares it (a parse of MySQL DDL, not the live schema of `feedsync_core::schema`).
+struct DumpColumn {
     name: String,
     /// The SQLite declared type. The auto-increment key ignores it: it must be declared
     /// `INTEGER` to become SQLite's rowid.
@@ -574,10 +575,11 @@ struct ForeignKey {
 }
 
 #[derive(Debug)]
-struct Table {
+/// A table as the dump declares it, with what SQLite needs to rebuild it.
+struct DumpTable {
     name: String,
     line: usize,
-    columns: Vec<Column>,
+    columns: Vec<DumpColumn>,
     primary_key: Vec<String>,
     keys: Vec<Key>,
     foreign_keys: Vec<ForeignKey>,
@@ -585,7 +587,7 @@ struct Table {
     auto_increment_next: Option<u64>,
 }
 
-impl Table {
+impl DumpTable {
     fn column_index(&self, name: &str) -> Option<usize> {
         self.columns
             .iter()
@@ -610,7 +612,7 @@ struct InsertBatch {
 
 #[derive(Debug, Default)]
 struct ParsedDump {
-    tables: Vec<Table>,
+    tables: Vec<DumpTable>,
     inserts: Vec<InsertBatch>,
 }
 
@@ -820,7 +822,7 @@ impl<'t> Cursor<'t> {
     }
 }
 
-fn parse_create_table(tokens: &[Token]) -> Result<Table, DumpError> {
+fn parse_create_table(tokens: &[Token]) -> Result<DumpTable, DumpError> {
     let line = tokens[0].line;
     let end_line = tokens.last().map_or(line, |token| token.line);
     let mut cursor = Cursor::new(tokens, "", end_line);
@@ -838,7 +840,7 @@ fn parse_create_table(tokens: &[Token]) -> Result<Table, DumpError> {
     }
     cursor.expect_punct('(', "`(` opening the column definitions")?;
     let definitions = split_definitions(&mut cursor)?;
-    let mut table = Table {
+    let mut table = DumpTable {
         name,
         line,
         columns: Vec::new(),
@@ -886,7 +888,7 @@ fn split_definitions<'t>(cursor: &mut Cursor<'t>) -> Result<Vec<&'t [Token]>, Du
     Ok(definitions)
 }
 
-fn parse_definition(tokens: &[Token], table: &mut Table, end_line: usize) -> Result<(), DumpError> {
+fn parse_definition(tokens: &[Token], table: &mut DumpTable, end_line: usize) -> Result<(), DumpError> {
     let mut cursor = Cursor::new(tokens, &table.name, end_line);
     let constraint_name = if cursor.eat_word("CONSTRAINT") {
         if cursor.peek_word("PRIMARY")
@@ -1086,7 +1088,7 @@ enum TypeArgument {
     Text(String),
 }
 
-fn parse_column(cursor: &mut Cursor<'_>, table: &mut Table) -> Result<(), DumpError> {
+fn parse_column(cursor: &mut Cursor<'_>, table: &mut DumpTable) -> Result<(), DumpError> {
     let line = cursor.line();
     let name = cursor.identifier("a column name or key definition")?;
     if table.column_index(&name).is_some() {
@@ -1129,7 +1131,7 @@ fn parse_column(cursor: &mut Cursor<'_>, table: &mut Table) -> Result<(), DumpEr
             column: name.clone(),
             mysql_type,
         })?;
-    let mut column = Column {
+    let mut column = DumpColumn {
         name,
         declared_type,
         value_kind,
@@ -1224,7 +1226,7 @@ fn current_timestamp(cursor: &mut Cursor<'_>) -> Option<()> {
     Some(())
 }
 
-fn parse_default(cursor: &mut Cursor<'_>, column: &Column) -> Result<String, DumpError> {
+fn parse_default(cursor: &mut Cursor<'_>, column: &DumpColumn) -> Result<String, DumpError> {
     if current_timestamp(cursor).is_some() {
         return Ok("CURRENT_TIMESTAMP".to_string());
     }
@@ -1332,7 +1334,7 @@ fn sqlite_column_type(
     Some(converted)
 }
 
-fn parse_table_options(cursor: &mut Cursor<'_>, table: &mut Table) -> Result<(), DumpError> {
+fn parse_table_options(cursor: &mut Cursor<'_>, table: &mut DumpTable) -> Result<(), DumpError> {
     // Engine, charset, collation, comment, row format: storage details of MySQL. Only the
     // auto-increment counter carries meaning SQLite can keep.
     while let Some(token) = cursor.next() {
@@ -1355,7 +1357,7 @@ fn parse_table_options(cursor: &mut Cursor<'_>, table: &mut Table) -> Result<(),
 }
 
 /// Checks what only the whole table shows, and applies MySQL's implicit rules.
-fn finish_table(table: &mut Table) -> Result<(), DumpError> {
+fn finish_table(table: &mut DumpTable) -> Result<(), DumpError> {
     let unknown = |column: &str| DumpError::UnknownColumn {
         line: table.line,
         table: table.name.clone(),
@@ -1417,7 +1419,7 @@ fn finish_table(table: &mut Table) -> Result<(), DumpError> {
 /// SQLite refuses every write to a child table whose foreign key points at a missing table
 /// or at columns without a unique index ("foreign key mismatch"), so such a dump is
 /// rejected here, where the message can name the constraint.
-fn check_foreign_keys(tables: &[Table]) -> Result<(), DumpError> {
+fn check_foreign_keys(tables: &[DumpTable]) -> Result<(), DumpError> {
     for table in tables {
         for foreign_key in &table.foreign_keys {
             let constraint = foreign_key
@@ -1733,7 +1735,7 @@ fn quote_identifier(name: &str) -> String {
 /// keeps its MySQL name when that is unique in the dump, so the SQLite schema reads like the
 /// MySQL one; otherwise it becomes `<table>_<key>`, with `_2`, `_3`... if even that is taken.
 /// Returns the names per table, in key order.
-fn assign_index_names(tables: &[Table]) -> Vec<Vec<String>> {
+fn assign_index_names(tables: &[DumpTable]) -> Vec<Vec<String>> {
     let mut key_name_counts: HashMap<String, usize> = HashMap::new();
     for table in tables {
         for key in &table.keys {
@@ -1888,7 +1890,7 @@ fn render(
     out
 }
 
-fn render_table(out: &mut String, table: &Table, index_names: &[String]) {
+fn render_table(out: &mut String, table: &DumpTable, index_names: &[String]) {
     let rowid_column = table.rowid_column();
     let mut definitions = Vec::new();
     for (index, column) in table.columns.iter().enumerate() {

@@ -525,7 +525,7 @@ mod tests {
     use crate::schema::{ForeignKey, Table};
 
     fn col(name: &str, ty: &str) -> Column {
-        Column { name: name.into(), data_type: ty.into(), nullable: true }
+        Column { name: name.into(), data_type: ty.into(), nullable: true, ..Column::default() }
     }
 
     fn table(name: &str, cols: &[(&str, &str)], pk: &[&str], fks: &[(&str, &str, &str)]) -> Table {

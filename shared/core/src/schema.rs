@@ -17,12 +17,17 @@ pub struct Table {
     pub foreign_keys: Vec<ForeignKey>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Column {
     pub name: String,
     /// Lower-case base type without length, e.g. `int`, `varchar`, `datetime`.
     pub data_type: String,
     pub nullable: bool,
+    /// Declared with a default, so an insert may leave it out.
+    pub has_default: bool,
+    /// Filled by the database on insert: MySQL `AUTO_INCREMENT`, SQLite's rowid alias (a sole
+    /// `INTEGER PRIMARY KEY`).
+    pub generated: bool,
 }
 
 /// A single-column declared foreign key (OpenMRS declares no composite ones).
@@ -40,9 +45,17 @@ impl Table {
     pub fn has_column(&self, name: &str) -> bool {
         self.column(name).is_some()
     }
+    /// The primary-key column the database fills on insert, if any.
+    pub fn generated_key(&self) -> Option<&str> {
+        self.columns.iter().find(|c| c.generated && self.primary_key.iter().any(|k| k.eq_ignore_ascii_case(&c.name))).map(|c| c.name.as_str())
+    }
 }
 
 impl Column {
+    /// An insert must give it a value: NOT NULL, no default, not filled by the database.
+    pub fn required_on_insert(&self) -> bool {
+        !self.nullable && !self.has_default && !self.generated
+    }
     pub fn is_integer(&self) -> bool {
         matches!(self.data_type.as_str(), "int" | "integer" | "bigint" | "smallint" | "mediumint" | "tinyint")
     }

@@ -21,7 +21,8 @@ async fn read_mysql(session: &mut Session, schema_name: &str) -> DbResult<Schema
     let rows = session
         .query(
             "SELECT c.TABLE_NAME AS table_name, c.COLUMN_NAME AS column_name, c.DATA_TYPE AS data_type, \
-             c.IS_NULLABLE AS is_nullable \
+             c.IS_NULLABLE AS is_nullable, c.COLUMN_DEFAULT IS NOT NULL AS has_default, \
+             c.EXTRA LIKE '%auto_increment%' AS generated \
              FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \
                ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
              WHERE c.TABLE_SCHEMA = ? AND t.TABLE_TYPE = 'BASE TABLE' \
@@ -36,6 +37,8 @@ async fn read_mysql(session: &mut Session, schema_name: &str) -> DbResult<Schema
             name: row.text("column_name").unwrap_or_default(),
             data_type: base_type(&row.text("data_type").unwrap_or_default()),
             nullable: row.text("is_nullable").as_deref() == Some("YES"),
+            has_default: row.i64("has_default").unwrap_or(0) != 0,
+            generated: row.i64("generated").unwrap_or(0) != 0,
         });
     }
     let keys = session
@@ -72,20 +75,30 @@ async fn read_sqlite(session: &mut Session) -> DbResult<Schema> {
         let name = name_row.text("name").unwrap_or_default();
         let mut table = Table { name: name.clone(), ..Table::default() };
         let mut pk: Vec<(i64, String)> = Vec::new();
-        for row in session.query("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?)", &[name.clone().into()]).await? {
+        let mut declared_key_type = String::new();
+        for row in session.query("SELECT name, type, \"notnull\", pk, dflt_value IS NOT NULL AS has_default FROM pragma_table_info(?)", &[name.clone().into()]).await? {
             let column = row.text("name").unwrap_or_default();
             let key_position = row.i64("pk").unwrap_or(0);
             if key_position > 0 {
                 pk.push((key_position, column.clone()));
+                declared_key_type = row.text("type").unwrap_or_default();
             }
             table.columns.push(Column {
                 name: column,
                 data_type: base_type(&row.text("type").unwrap_or_default()),
                 nullable: row.i64("notnull") == Some(0) && key_position == 0,
+                has_default: row.i64("has_default").unwrap_or(0) != 0,
+                generated: false,
             });
         }
         pk.sort();
         table.primary_key = pk.into_iter().map(|(_, c)| c).collect();
+        // A sole key column declared exactly `INTEGER` is the rowid: SQLite fills it.
+        if let [key] = table.primary_key.as_slice()
+            && declared_key_type.trim().eq_ignore_ascii_case("integer")
+        {
+            table.columns.iter_mut().filter(|c| c.name == *key).for_each(|c| c.generated = true);
+        }
         for row in session.query("SELECT \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?)", &[name.clone().into()]).await? {
             let referenced_table = row.text("table").unwrap_or_default();
             table.foreign_keys.push(ForeignKey {

@@ -682,7 +682,7 @@ mod tests {
     }
 
     fn column(name: &str, data_type: &str, nullable: bool) -> Column {
-        Column { name: name.into(), data_type: data_type.into(), nullable }
+        Column { name: name.into(), data_type: data_type.into(), nullable, ..Column::default() }
     }
 
     fn reference(column: &str, table: &str, target_column: &str) -> Reference {

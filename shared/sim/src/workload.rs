@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use feedsync_db::schema::Table;
 use feedsync_db::{DbError, Dialect, Session, Value, quote_ident};
 
 /// What the workload runs. [`Default`] is a run for tests: about 100 transactions, well
@@ -264,26 +265,6 @@ impl Kind {
     }
 }
 
-struct Column {
-    name: String,
-    kind: Kind,
-    /// NOT NULL, no default, not generated: an insert must give it a value.
-    required: bool,
-}
-
-struct Table {
-    columns: Vec<Column>,
-    primary_key: Vec<String>,
-    /// The primary-key column the database fills (auto-increment, or SQLite's rowid alias).
-    generated_key: Option<String>,
-}
-
-impl Table {
-    fn has(&self, column: &str) -> bool {
-        self.columns.iter().any(|c| c.name.eq_ignore_ascii_case(column))
-    }
-}
-
 /// Ids of the dump's metadata rows (or of rows created in their place) the actions refer to.
 #[derive(Default)]
 struct Metadata {
@@ -454,7 +435,7 @@ impl Workload<'_> {
         let schema = self.schema.get(table).ok_or(WorkloadError::MissingTable { table })?;
         let given = |column: &str| values.iter().find(|(name, _)| name.eq_ignore_ascii_case(column)).map(|(_, v)| v);
         for key in &schema.primary_key {
-            if given(key).is_none() && schema.generated_key.as_ref() != Some(key) {
+            if given(key).is_none() && schema.generated_key() != Some(key.as_str()) {
                 return Err(WorkloadError::KeyNotGenerated { table, column: key.clone() });
             }
         }
@@ -463,12 +444,12 @@ impl Workload<'_> {
         for column in &schema.columns {
             let value = match (given(&column.name), column.name.as_str()) {
                 (Some(value), _) => value.clone(),
-                (None, _) if schema.generated_key.as_ref() == Some(&column.name) => continue,
+                (None, _) if schema.generated_key() == Some(column.name.as_str()) => continue,
                 (None, "uuid") => Value::Text(self.rng.uuid()),
                 (None, "creator") => Value::Int(ADMIN_USER_ID),
                 (None, "date_created") => Value::Text(now.clone()),
                 (None, "voided" | "retired") => Value::Int(0),
-                (None, _) if column.required => column.kind.filler(&now),
+                (None, _) if column.required_on_insert() => Kind::of(&column.data_type).filler(&now),
                 (None, _) => continue,
             };
             columns.push(column.name.as_str());
@@ -482,12 +463,12 @@ impl Workload<'_> {
             vec!["?"; columns.len()].join(", ")
         );
         self.session.execute(&sql, &params).await.map_err(db_error(self.doing, table))?;
-        let id = match schema.generated_key {
+        let id = match schema.generated_key() {
             Some(_) => self.session.last_insert_id().await.map_err(db_error(self.doing, table))?,
             None => 0,
         };
         let value_of = |column: &str| {
-            if schema.generated_key.as_deref() == Some(column) {
+            if schema.generated_key() == Some(column) {
                 Value::Int(id)
             } else {
                 columns.iter().position(|c| *c == column).map_or(Value::Null, |i| params[i].clone())
@@ -510,7 +491,7 @@ impl Workload<'_> {
         let audit = [("changed_by", Value::Int(ADMIN_USER_ID)), ("date_changed", Value::Text(self.now()))];
         let schema = self.table(table)?;
         let assignments: Vec<(&str, Value)> =
-            set.iter().chain(&audit).filter(|(column, _)| schema.has(column)).cloned().collect();
+            set.iter().chain(&audit).filter(|(column, _)| schema.has_column(column)).cloned().collect();
         if assignments.is_empty() {
             return Ok(());
         }
@@ -548,7 +529,7 @@ impl Workload<'_> {
     /// The uuid of the row an update or delete is about to touch, read first so the log names
     /// it, and so a row that is not there fails loudly instead of logging a write of nothing.
     async fn row_uuid(&mut self, table: &'static str, key: &[(&str, Value)]) -> Result<Option<String>, WorkloadError> {
-        let has_uuid = self.table(table)?.has("uuid");
+        let has_uuid = self.table(table)?.has_column("uuid");
         let dialect = self.session.dialect();
         let sql = format!(
             "SELECT {} AS found FROM {} WHERE {}",
@@ -590,64 +571,17 @@ impl Workload<'_> {
 
     // ---- setup ----
 
-    /// Reads the columns of every written table in one query (per-table queries against
-    /// MariaDB's information_schema cost tens of milliseconds each).
+    /// Reads the written tables' columns and keys through the one schema reader
+    /// (`feedsync_db::schema`), which says which key the database fills and which columns an
+    /// insert must give.
     async fn read_schema(&mut self) -> Result<(), WorkloadError> {
-        let placeholders = vec!["?"; WRITTEN_TABLES.len()].join(", ");
-        // Both number the key columns in `pk` in key order (1, 2, ...), so composite keys are
-        // logged alike on both. An INTEGER PRIMARY KEY is SQLite's rowid and so generated,
-        // which is decided below from the declared type.
-        let sql = match self.session.dialect() {
-            Dialect::MySql => format!(
-                "SELECT c.table_name AS table_name, c.column_name AS name, c.data_type AS declared_type, \
-                 c.is_nullable = 'NO' AS not_null, c.column_default IS NOT NULL AS has_default, \
-                 COALESCE(k.seq_in_index, 0) AS pk, c.extra LIKE '%auto_increment%' AS generated \
-                 FROM information_schema.columns c LEFT JOIN information_schema.statistics k \
-                   ON k.table_schema = c.table_schema AND k.table_name = c.table_name \
-                   AND k.column_name = c.column_name AND k.index_name = 'PRIMARY' \
-                 WHERE c.table_schema = DATABASE() AND c.table_name IN ({placeholders}) \
-                 ORDER BY c.table_name, c.ordinal_position"
-            ),
-            Dialect::Sqlite => format!(
-                "SELECT m.name AS table_name, p.name AS name, p.type AS declared_type, p.\"notnull\" AS not_null, \
-                 p.dflt_value IS NOT NULL AS has_default, p.pk AS pk, 0 AS generated \
-                 FROM sqlite_master m JOIN pragma_table_info(m.name) p \
-                 WHERE m.type = 'table' AND m.name IN ({placeholders}) ORDER BY m.name, p.cid"
-            ),
-        };
-        let params: Vec<Value> = WRITTEN_TABLES.iter().map(|t| (*t).into()).collect();
-        let rows = self.session.query(&sql, &params).await.map_err(db_error(self.doing, "(all written tables)"))?;
+        let database = self.session.query("SELECT DATABASE() AS name", &[]).await.ok().and_then(|rows| rows.first().and_then(|r| r.text("name")));
+        let schema_name = if self.session.dialect() == Dialect::MySql { database.unwrap_or_default() } else { String::new() };
+        let mut schema = feedsync_db::schema::read_schema(self.session, &schema_name).await.map_err(db_error(self.doing, "(all written tables)"))?;
         for table in WRITTEN_TABLES {
-            let mut columns = Vec::new();
-            let mut keys = Vec::new();
-            let mut generated_key = None;
-            for row in rows.iter().filter(|r| r.text("table_name").is_some_and(|t| t.eq_ignore_ascii_case(table))) {
-                let flag = |column| row.i64(column).unwrap_or(0) != 0;
-                let name = row.text("name").unwrap_or_default();
-                let declared_type = row.text("declared_type").unwrap_or_default();
-                if flag("pk") {
-                    keys.push((row.i64("pk").unwrap_or(0), name.clone(), declared_type.clone()));
-                }
-                if flag("generated") {
-                    generated_key = Some(name.clone());
-                }
-                let required = flag("not_null") && !flag("has_default") && !flag("generated");
-                columns.push(Column { name, kind: Kind::of(&declared_type), required });
-            }
-            if columns.is_empty() {
-                return Err(WorkloadError::MissingTable { table });
-            }
-            keys.sort_by_key(|(position, _, _)| *position);
-            if let [(_, key, declared_type)] = keys.as_slice()
-                && self.session.dialect() == Dialect::Sqlite
-                && declared_type.eq_ignore_ascii_case("integer")
-            {
-                generated_key = Some(key.clone());
-                // The rowid alias is filled on insert even where it is declared NOT NULL.
-                columns.iter_mut().filter(|c| c.name == *key).for_each(|c| c.required = false);
-            }
-            let primary_key = keys.into_iter().map(|(_, name, _)| name).collect();
-            self.schema.insert(table, Table { columns, primary_key, generated_key });
+            let name = schema.tables.keys().find(|name| name.eq_ignore_ascii_case(table)).cloned();
+            let found = name.and_then(|name| schema.tables.remove(&name)).filter(|t| !t.columns.is_empty());
+            self.schema.insert(table, found.ok_or(WorkloadError::MissingTable { table })?);
         }
         Ok(())
     }
