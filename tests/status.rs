@@ -468,7 +468,7 @@ async fn subscriber_status_json_and_metrics_listener() {
     let json: Json = serde_json::from_slice(&out.stdout).unwrap();
     let network = &json["network"];
     let mut s = net.db("north").session().await.unwrap();
-    let expected = feed_subscriber::network::child_status(&mut s).await.unwrap();
+    let expected = feed_subscriber::network::exchange_position(&mut s).await.unwrap();
     assert_eq!(network["pull_after"], json!(expected.pull_after));
     assert_eq!(network["push_through"], json!(expected.push_through));
     assert_eq!(network["pending_push"], json!(expected.pending_push));

@@ -306,7 +306,7 @@ async fn usb_and_online_sync_mix_in_any_order() {
     assert_eq!((held(net.db("parent")).await, held(net.db("north")).await), (0, 0));
     assert_eq!((conflicts(net.db("parent")).await, conflicts(net.db("north")).await), (0, 0), "no false conflicts");
     let mut s = net.db("north").session().await.unwrap();
-    let status = feed_subscriber::network::child_status(&mut s).await.unwrap();
+    let status = feed_subscriber::network::exchange_position(&mut s).await.unwrap();
     assert_eq!(status.push_through, status.last_event, "online sync acknowledged everything: {status:?}");
 }
 

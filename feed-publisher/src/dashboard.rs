@@ -564,7 +564,7 @@ fn pending_since(rounds_newest_first: &[RecordedRound]) -> Option<String> {
 }
 
 #[derive(Debug, Clone, Serialize)]
-struct ChildStatus {
+struct DashboardChild {
     name: String,
     revoked: bool,
     revoked_at: Option<String>,
@@ -628,7 +628,7 @@ async fn context(session: &mut Session, query: &BTreeMap<String, String>, alerts
     Ok(Context { now, alerts, histories, conflicts_by_peer, recorded: last_recorded(session).await? })
 }
 
-async fn child_status(session: &mut Session, child: &Child, cx: &Context) -> Result<ChildStatus, HttpError> {
+async fn child_status(session: &mut Session, child: &Child, cx: &Context) -> Result<DashboardChild, HttpError> {
     let report = network::child_report(session, &child.name).await.map_err(admin_error)?;
     let waiting_to_child = network::waiting_for_child(session, child).await?;
     let oldest_to_child_at = if waiting_to_child > 0 { network::oldest_waiting_for_child(session, child).await? } else { None };
@@ -686,7 +686,7 @@ async fn child_status(session: &mut Session, child: &Child, cx: &Context) -> Res
         pending_push_history: history(QUEUE_PENDING_PUSH),
     };
     let round_error = report.as_ref().and_then(|(r, _)| r.round.error.clone());
-    Ok(ChildStatus {
+    Ok(DashboardChild {
         name: child.name.clone(),
         revoked: child.revoked_at.is_some(),
         revoked_at: child.revoked_at.clone(),

@@ -11,6 +11,5 @@ pub mod reader;
 pub mod state;
 pub mod openmrs_notify;
 pub mod sink;
-pub mod sinks;
 
 pub mod usb;

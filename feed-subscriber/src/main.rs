@@ -14,7 +14,7 @@ use feed_subscriber::engine::Subscriber;
 use feed_subscriber::network::{ChildNode, HttpParent};
 use feed_subscriber::openmrs_notify::{Notifier, NotifierHandle};
 use feed_subscriber::sink::{SinkLimits, run_sink};
-use feed_subscriber::{sinks, state, usb};
+use feed_subscriber::{sink, state, usb};
 use feedsync_db::Database;
 use feedsync_core::model;
 use feedsync_core::profile::Profile;
@@ -197,17 +197,17 @@ async fn start_metrics(
 }
 
 /// The network part of `status` as JSON: `null` unless this database syncs as a child.
-async fn network_status(session: &mut feedsync_db::Session) -> anyhow::Result<Option<feed_subscriber::network::ChildStatus>> {
+async fn network_status(session: &mut feedsync_db::Session) -> anyhow::Result<Option<feed_subscriber::network::ExchangePosition>> {
     if !feed_subscriber::network::is_child(session).await? {
         return Ok(None);
     }
     for ddl in feedsync_node::exchange::network_ddl(session.dialect()) {
         session.execute_script(&ddl).await?;
     }
-    Ok(Some(feed_subscriber::network::child_status(session).await?))
+    Ok(Some(feed_subscriber::network::exchange_position(session).await?))
 }
 
-fn network_status_json(status: &feed_subscriber::network::ChildStatus) -> serde_json::Value {
+fn network_status_json(status: &feed_subscriber::network::ExchangePosition) -> serde_json::Value {
     serde_json::json!({
         "push_through": status.push_through,
         "pull_after": status.pull_after,
@@ -227,7 +227,7 @@ fn network_status_json(status: &feed_subscriber::network::ChildStatus) -> serde_
 /// Held items listed in the text `status` (all are in `--json`, up to 1,000).
 const STATUS_HELD_LISTED_MAX: usize = 50;
 
-fn print_network_status(status: &feed_subscriber::network::ChildStatus) {
+fn print_network_status(status: &feed_subscriber::network::ExchangePosition) {
     println!("as a child of its parent:");
     println!(
         "  pushed: the parent has accepted own events through {} of {}; {} changes not yet accepted{}",
@@ -270,7 +270,7 @@ async fn run_into_sink(config: &Config, spec: &str, state_db: Option<&str>, once
     anyhow::ensure!(!config.feeds.is_empty(), "no feed given: pass --feed URL (repeatable) or set feeds = [...]");
     let state_url = state_db.context("--sink needs --state-db URL (sqlite://FILE or mysql://...): the markers are kept there")?;
     let state_db = Database::from_url(state_url)?;
-    let mut sink = sinks::open_sink(spec)?;
+    let mut sink = sink::open_sink(spec)?;
     let mut client = HttpClient::new(Default::default());
     if let Ok(credentials) = std::env::var("FEEDSYNC_FEED_CREDENTIALS") {
         client = client.with_basic_auth(&credentials);

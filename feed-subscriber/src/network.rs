@@ -661,7 +661,7 @@ async fn set_state_i64(session: &mut Session, name: &str, value: i64) -> Result<
 
 /// This child's position in the exchange, for `status`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct ChildStatus {
+pub struct ExchangePosition {
     pub push_through: i64,
     pub pull_after: i64,
     pub last_event: i64,
@@ -673,7 +673,7 @@ pub struct ChildStatus {
     pub conflicts: Vec<feedsync_wire::network::Conflict>,
 }
 
-/// Open conflicts `child_status` lists (all are counted).
+/// Open conflicts `exchange_position` lists (all are counted).
 pub const STATUS_CONFLICTS_LISTED_MAX: usize = 100;
 
 /// Whether this database has synced as a child (it has a push or pull position).
@@ -698,7 +698,7 @@ pub async fn pending_push(session: &mut Session) -> Result<i64, DbError> {
         .unwrap_or_default())
 }
 
-pub async fn child_status(session: &mut Session) -> Result<ChildStatus, DbError> {
+pub async fn exchange_position(session: &mut Session) -> Result<ExchangePosition, DbError> {
     let last_event = session
         .query(&format!("SELECT COALESCE(MAX(event_seq), 0) AS n FROM {}", capture::EVENT_TABLE), &[])
         .await?
@@ -711,7 +711,7 @@ pub async fn child_status(session: &mut Session) -> Result<ChildStatus, DbError>
         .first()
         .and_then(|r| r.i64("n"))
         .unwrap_or_default();
-    Ok(ChildStatus {
+    Ok(ExchangePosition {
         push_through: state_i64(session, PUSH_THROUGH).await?,
         pull_after: state_i64(session, PULL_AFTER).await?,
         last_event,
