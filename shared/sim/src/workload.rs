@@ -575,8 +575,14 @@ impl Workload<'_> {
     /// (`feedsync_db::schema`), which says which key the database fills and which columns an
     /// insert must give.
     async fn read_schema(&mut self) -> Result<(), WorkloadError> {
-        let database = self.session.query("SELECT DATABASE() AS name", &[]).await.ok().and_then(|rows| rows.first().and_then(|r| r.text("name")));
-        let schema_name = if self.session.dialect() == Dialect::MySql { database.unwrap_or_default() } else { String::new() };
+        // MySQL names the schema to read; SQLite reads the one database the session has open.
+        let schema_name = match self.session.dialect() {
+            Dialect::MySql => {
+                let rows = self.session.query("SELECT DATABASE() AS name", &[]).await.map_err(db_error(self.doing, "(schema name)"))?;
+                rows.first().and_then(|r| r.text("name")).unwrap_or_default()
+            }
+            Dialect::Sqlite => String::new(),
+        };
         let mut schema = feedsync_db::schema::read_schema(self.session, &schema_name).await.map_err(db_error(self.doing, "(all written tables)"))?;
         for table in WRITTEN_TABLES {
             let name = schema.tables.keys().find(|name| name.eq_ignore_ascii_case(table)).cloned();
