@@ -321,7 +321,7 @@ fn is_lock_conflict(e: &DbError) -> bool {
 
 /// A seeded driver: `EDITS_PER_SITE` edits of random fields of the targets, with random pauses.
 async fn edit_driver(database: Database, site: &'static str, seed: u64, targets: Vec<(&'static str, String)>) -> (Vec<FieldEdit>, usize) {
-    let mut rng = SplitMix64(seed);
+    let mut rng = feedsync_core::rng::SplitMix64::new(seed);
     let mut session = database.session().await.unwrap();
     let mut edits = Vec::new();
     let mut retries = 0;
@@ -337,18 +337,6 @@ async fn edit_driver(database: Database, site: &'static str, seed: u64, targets:
         tokio::time::sleep(Duration::from_millis(rng.below(EDIT_PAUSE_MS_MAX))).await;
     }
     (edits, retries)
-}
-
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n
-    }
 }
 
 // ---- rounds ----

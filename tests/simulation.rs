@@ -74,34 +74,12 @@ const UUID_PREFIX: &str = "5133a7e0-";
 // ---------------------------------------------------------------------------------------------
 // Seeded choices
 
-/// SplitMix64: tiny, fast, and good enough to choose operations and faults.
-#[derive(Clone)]
-struct Rng(u64);
+/// Choices of operations and faults come from the one seeded generator; a run's seed is mixed
+/// with a constant so that seed 0 is not special.
+type Rng = feedsync_core::rng::SplitMix64;
 
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5eed_0f_51_7a7e)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-    /// A new generator for a sub-part, so adding choices in one part leaves the others alone.
-    fn fork(&mut self) -> Rng {
-        Rng(self.next())
-    }
+fn rng_for(seed: u64) -> Rng {
+    Rng::new(seed ^ 0x5eed_0f_51_7a7e)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -724,7 +702,7 @@ async fn build_template() -> Option<Template> {
         sequencer: sequencer.clone(),
     });
     let record = child_record(&parent.database, "template").await;
-    let faults = Rc::new(RefCell::new(Faults { rng: Rng::new(0), enabled: false, intensity: 0, cut_calls_left: 0, stash: Vec::new() }));
+    let faults = Rc::new(RefCell::new(Faults { rng: rng_for(0), enabled: false, intensity: 0, cut_calls_left: 0, stash: Vec::new() }));
     let crash = Rc::new(CrashControl::default());
     let link = SimLink { name: "template".into(), parent: parent.clone(), child: record, database: child_db.database.clone(), faults, crash };
     let node = ChildNode::new(child_db.database.clone(), model.clone(), link);
@@ -854,7 +832,7 @@ fn new_node(
 impl World {
     /// A fresh network for a seed (`policy`: instead of the seed's choice).
     async fn create(seed: u64, template: &Template, policy: Option<Policy>) -> Result<World, String> {
-        let mut rng = Rng::new(seed);
+        let mut rng = rng_for(seed);
         let dir = template.dir.join(format!("seed-{seed}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(text)?;

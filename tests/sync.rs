@@ -196,12 +196,11 @@ async fn subscriber_and_publisher_killed_at_many_points_converge() {
     let mut publisher = spawn(feed_publisher_binary(), &serve);
     let feed = format!("http://{listen}/ws/atomfeed/all/recent");
 
-    let mut delay = 0x5EEDu64;
+    let mut delays = feedsync_core::rng::SplitMix64::new(0x5EED);
     let mut finished_early = 0;
     for kill in 0..SUBSCRIBER_KILLS {
         let mut child = spawn(&SUBSCRIBER, &["run", "--once", "--feed", &feed, "--db", &test_b.url]);
-        delay = delay.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let wait = Duration::from_millis(20 + (delay >> 33) % 400);
+        let wait = Duration::from_millis(20 + delays.below(400));
         let started = Instant::now();
         while started.elapsed() < wait {
             if child.try_wait().unwrap().is_some() {

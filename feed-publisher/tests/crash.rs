@@ -40,15 +40,11 @@ async fn wait_until_serving(addr: SocketAddr) {
     panic!("publisher did not start listening on {addr}");
 }
 
-/// A small seeded generator for kill delays, so a failing run can be replayed from its seed.
-struct Delays(u64);
+/// Kill delays from the one seeded generator, so a failing run can be replayed from its seed.
+struct Delays(feedsync_core::rng::SplitMix64);
 impl Delays {
     fn next_ms(&mut self, max: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % max
+        self.0.below(max)
     }
 }
 
@@ -57,7 +53,7 @@ async fn publisher_killed_at_random_points_loses_and_duplicates_nothing() {
     let Some(test) = TestDatabase::create(Source::MySql25) else { return };
     let seed = std::env::var("FEEDSYNC_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261126u64);
     eprintln!("crash test seed {seed} (rerun with FEEDSYNC_CRASH_SEED={seed})");
-    let mut delays = Delays(seed);
+    let mut delays = Delays(feedsync_core::rng::SplitMix64::new(seed));
 
     let install = Command::new(PUBLISHER).args(["install", "--db", &test.url]).output().unwrap();
     assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use feed_publisher::usb as parent_usb;
-use feedsync_sim::clinic::{Clinic, PatientInfo, SplitMix64};
+use feedsync_core::rng::SplitMix64;
+use feedsync_sim::clinic::{Clinic, PatientInfo};
 use feedsync_node::exchange;
 use feedsync_node::search::Candidate;
 use tokio::sync::watch;

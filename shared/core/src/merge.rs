@@ -723,33 +723,14 @@ mod tests {
     /// rerun one seed.
     const CASES_PER_PROPERTY: u64 = 10_000;
 
-    /// splitmix64: tiny, seeded, good enough to spread cases.
-    struct Prng(u64);
-
-    impl Prng {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, count: usize) -> usize {
-            (self.next_u64() % count as u64) as usize
-        }
-
-        fn percent(&mut self, chance: usize) -> bool {
-            self.below(100) < chance
-        }
-    }
+    use crate::rng::SplitMix64 as Prng;
 
     /// Few names and values, so that coincidences (both sides making the same change, a change
     /// back to the base value) happen often.
     const NAMES: &[&str] = &["name", "concept", "voided", "void_reason", "date_changed", "changed_by", "date_voided"];
 
     fn random_value(prng: &mut Prng) -> Value {
-        match prng.below(8) {
+        match prng.below_usize(8) {
             0 => json!(null),
             1 => json!(true),
             2 => json!(false),
@@ -786,7 +767,7 @@ mod tests {
     }
 
     fn side_version(prng: &mut Prng, origin: &Fields) -> Version {
-        match prng.below(10) {
+        match prng.below_usize(10) {
             0 => Version::Absent,
             1..=3 => Version::Present(origin.clone()),
             _ => Version::Present(mutated(prng, origin)),
@@ -805,18 +786,18 @@ mod tests {
 
     impl Case {
         fn generate(seed: u64) -> Case {
-            let mut prng = Prng(seed);
+            let mut prng = Prng::new(seed);
             let origin = random_fields(&mut prng);
-            let base = match prng.below(10) {
+            let base = match prng.below_usize(10) {
                 0 | 1 => None,
                 2 => Some(Version::Absent),
                 _ => Some(Version::Present(origin.clone())),
             };
             let parent = side_version(&mut prng, &origin);
             let child = side_version(&mut prng, &origin);
-            let policy = Policy::ALL[prng.below(2)];
+            let policy = Policy::ALL[prng.below_usize(2)];
             let audit_fields: &'static [&'static str] =
-                [OPENMRS_AUDIT_FIELDS, &["date_changed", "changed_by"], &[]][prng.below(3)];
+                [OPENMRS_AUDIT_FIELDS, &["date_changed", "changed_by"], &[]][prng.below_usize(3)];
             Case { seed, base, parent, child, policy, audit_fields }
         }
 
@@ -1059,7 +1040,7 @@ mod tests {
             }
             // Both applied it and it became the base of the next exchange: a further edit on one
             // side fast-forwards.
-            let mut prng = Prng(case.seed ^ 0xA5A5_A5A5);
+            let mut prng = Prng::new(case.seed ^ 0xA5A5_A5A5);
             if let Version::Present(fields) = &result {
                 let later = Version::Present(mutated(&mut prng, fields));
                 let next = merge(Some(&result), &result, &later, case.policy, case.audit_fields);

@@ -653,18 +653,12 @@ mod tests {
     use feedsync_wire::resource::{content_hash, reference_json};
     use feedsync_db::schema::Column;
 
-    /// xorshift64*: seeded and tiny; every generated case reproduces from its seed.
-    struct Cases(u64);
+    /// Generated cases from the one seeded generator; each reproduces from its seed.
+    struct Cases(feedsync_core::rng::SplitMix64);
 
     impl Cases {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
         fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
+            self.0.below(n)
         }
         fn chance(&mut self, percent: u64) -> bool {
             self.below(100) < percent
@@ -814,7 +808,7 @@ mod tests {
 
     #[test]
     fn plan_columns_translates_every_generated_resource() {
-        let mut cases = Cases(0x5EED_0001);
+        let mut cases = Cases(feedsync_core::rng::SplitMix64::new(0x5EED_0001));
         let (mut failed, mut lookups, mut dropped) = (0, 0, 0);
         for case in 0..600 {
             let model = generated_model(&mut cases);
@@ -861,7 +855,7 @@ mod tests {
 
     #[test]
     fn resolve_reports_exactly_the_missing_rows_and_translates_the_rest() {
-        let mut cases = Cases(0x5EED_0002);
+        let mut cases = Cases(feedsync_core::rng::SplitMix64::new(0x5EED_0002));
         let (mut waited, mut own) = (0, 0);
         for case in 0..600 {
             let model = generated_model(&mut cases);
@@ -935,7 +929,7 @@ mod tests {
 
     #[test]
     fn updates_write_exactly_the_differing_columns_and_a_second_apply_writes_nothing() {
-        let mut cases = Cases(0x5EED_0003);
+        let mut cases = Cases(feedsync_core::rng::SplitMix64::new(0x5EED_0003));
         let mut updates = 0;
         for case in 0..800 {
             let wanted: Vec<(String, Value)> = (0..1 + cases.below(8)).map(|i| (format!("c{i}"), cases.value())).collect();
@@ -1000,7 +994,7 @@ mod tests {
 
     #[test]
     fn wire_values_round_trip_from_what_the_publisher_renders() {
-        let mut cases = Cases(0x5EED_0004);
+        let mut cases = Cases(feedsync_core::rng::SplitMix64::new(0x5EED_0004));
         for _ in 0..500 {
             let value = cases.value();
             assert_eq!(decode_wire_value(&value_json(&value)), Ok(WireValue::Plain(value)));

@@ -321,13 +321,8 @@ mod tests {
     fn every_placement_sequence_is_gap_free_and_bounded() {
         // Thousands of random page sizes and batch splits: pages only grow by one, never
         // exceed the size in force, and numbering does not depend on how rows were batched.
-        let mut state = 0x9E3779B97F4A7C15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = feedsync_core::rng::SplitMix64::new(0x9E37_79B9_7F4A_7C15);
+        let mut next = || rng.next_u64();
         for _ in 0..2_000 {
             let size = (next() % 7 + 1) as i64;
             let n = (next() % 60) as usize;

@@ -449,20 +449,14 @@ async fn search_mariadb() {
     check_search(Source::MySql25).await;
 }
 
-/// Seeded xorshift, so the population is the same on every run.
-struct Rng(u64);
+/// Choices from the one seeded generator (`feedsync_core::rng`), as this test needs them.
+struct Rng(feedsync_core::rng::SplitMix64);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.below_usize(n)
     }
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
+        *self.0.pick(items)
     }
 }
 
@@ -536,7 +530,7 @@ const FAMILY_NAMES: &[&str] = &[
 async fn check_cost(source: Source) {
     let Some(test) = TestDatabase::create(source) else { return };
     let mut fx = Fixture::open(&test).await;
-    let mut rng = Rng(0x00C0_FFEE_2026);
+    let mut rng = Rng(feedsync_core::rng::SplitMix64::new(0x00C0_FFEE_2026));
     let mut batch = Batch::default();
     let fill_started = Instant::now();
     for i in 0..POPULATION_PATIENTS {

@@ -25,6 +25,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use sha2::{Digest, Sha256};
 
+use feedsync_core::rng::{SplitMix64, uuid_text};
 use feedsync_db::{Database, DbError, Session, Value, quote_ident};
 
 /// Given and family names as the registration clerks of a country write them.
@@ -426,13 +427,6 @@ fn metadata_uuid(kind: &str, name: &str) -> String {
 }
 
 /// The 36-character form of 16 bytes made a version-4 uuid.
-fn uuid_text(mut bytes: [u8; 16]) -> String {
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
-}
-
 const VISIT_TYPE: &str = "Facility Visit";
 const VITALS_ENCOUNTER: &str = "Vitals";
 const LAB_ENCOUNTER: &str = "Lab Results";
@@ -602,7 +596,7 @@ async fn finish<T>(session: &mut Session, outcome: Result<T, ClinicError>) -> Re
 async fn write_metadata(session: &mut Session, tables: &Tables, facilities: &[&Facility]) -> Result<MetadataReport, ClinicError> {
     let mut report = MetadataReport::default();
     // Uuids are given for every row, so this PRNG is never drawn from.
-    let mut rng = SplitMix64(0);
+    let mut rng = SplitMix64::new(0);
     let mut concept_ids: HashMap<&'static str, i64> = HashMap::new();
     let mut concepts: Vec<(ConceptDef, Vec<&'static str>)> = vec![(POSITIVE, vec![]), (NEGATIVE, vec![])];
     for measure in Measure::ALL {
@@ -680,7 +674,7 @@ async fn write_metadata(session: &mut Session, tables: &Tables, facilities: &[&F
             report.locations += 1;
         }
         // The clinicians' names follow from the facility's name, the same in every run.
-        let mut names = SplitMix64(u64::from_be_bytes(Sha256::digest(facility.name.as_bytes())[..8].try_into().expect("8 bytes")));
+        let mut names = SplitMix64::new(u64::from_be_bytes(Sha256::digest(facility.name.as_bytes())[..8].try_into().expect("8 bytes")));
         for index in 1..=CLINICIANS_PER_FACILITY {
             let person_uuid = clinician_uuid(facility, index);
             let female = names.percent(50);
@@ -781,7 +775,7 @@ impl Clinic {
                 .map_err(db("counting identifiers"))?,
         );
         let facility_hash = u64::from_be_bytes(Sha256::digest(facility.name.as_bytes())[..8].try_into().expect("8 bytes"));
-        let rng = SplitMix64(seed ^ facility_hash ^ (persons as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let rng = SplitMix64::new(seed ^ facility_hash ^ (persons as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         Ok(Clinic { facility, session, tables, rng, ids, patients: Vec::new(), obs: VecDeque::new(), next_identifier: issued as u64 + 1 })
     }
 
@@ -964,7 +958,7 @@ impl Clinic {
         let female = self.rng.percent(52);
         let given = *self.rng.pick(if female { country.given_female } else { country.given_male });
         let family = *self.rng.pick(country.family);
-        let slip = self.rng.percent(NAME_SLIP_PERCENT).then(|| double_a_letter(given, &mut self.rng));
+        let slip = self.rng.percent(u64::from(NAME_SLIP_PERCENT)).then(|| double_a_letter(given, &mut self.rng));
         let written_given = slip.clone().unwrap_or_else(|| given.to_owned());
         // About one patient in six is a child; adults up to 80.
         let age_years = if self.rng.percent(16) { 1 + self.rng.below(14) } else { 15 + self.rng.below(66) };
@@ -1470,48 +1464,6 @@ fn double_a_letter(name: &str, rng: &mut SplitMix64) -> String {
     chars[..=i].iter().chain(std::iter::once(&chars[i])).chain(&chars[i + 1..]).collect()
 }
 
-/// splitmix64: tiny, fast, and fully determined by the seed (the same generator as
-/// `workload.rs`, whose own is private to it). Public so a driver of several clinics (the
-/// demo's timeline) makes its own choices from the same seed.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> SplitMix64 {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform enough below `n` (the modulo bias is under 2^-40 for the small `n` used here);
-    /// 0 when `n` is 0.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    pub fn percent(&mut self, p: u32) -> bool {
-        self.below(100) < u64::from(p)
-    }
-
-    /// One of `items`, which must not be empty.
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-
-    fn uuid(&mut self) -> String {
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&self.next_u64().to_be_bytes());
-        bytes[8..].copy_from_slice(&self.next_u64().to_be_bytes());
-        uuid_text(bytes)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -1544,13 +1496,13 @@ mod tests {
 
     #[test]
     fn a_slip_doubles_one_letter_after_the_first() {
-        let mut rng = SplitMix64(3);
+        let mut rng = SplitMix64::new(3);
         for _ in 0..50 {
             let slipped = double_a_letter("Mphatso", &mut rng);
             assert_eq!(slipped.chars().count(), 8);
             assert!(slipped.starts_with('M'));
         }
-        assert_eq!(double_a_letter("Fátima", &mut SplitMix64(1)).chars().count(), 7);
+        assert_eq!(double_a_letter("Fátima", &mut SplitMix64::new(1)).chars().count(), 7);
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use feedsync_core::rng::SplitMix64;
 use feedsync_db::schema::Table;
 use feedsync_db::{DbError, Dialect, Session, Value, quote_ident};
 
@@ -184,7 +185,7 @@ pub async fn run(session: &mut Session, config: &WorkloadConfig) -> Result<Workl
         session,
         config: config.clone(),
         schema: HashMap::new(),
-        rng: SplitMix64(config.seed),
+        rng: SplitMix64::new(config.seed),
         clock_unix_seconds: config.clock_start_unix_seconds,
         doing: "reading the schema",
         pending: Vec::new(),
@@ -204,12 +205,12 @@ pub async fn run(session: &mut Session, config: &WorkloadConfig) -> Result<Workl
             break;
         }
         let edits = workload.edit_actions();
-        let action = if !edits.is_empty() && workload.rng.percent(config.edit_percent) {
+        let action = if !edits.is_empty() && workload.rng.percent(u64::from(config.edit_percent)) {
             *workload.rng.pick(&edits)
         } else {
             *workload.rng.pick(&main)
         };
-        let commit = !workload.rng.percent(rollback_percent);
+        let commit = !workload.rng.percent(u64::from(rollback_percent));
         workload.transaction(action, commit, Step::Act(action)).await?;
     }
     Ok(workload.log)
@@ -1195,47 +1196,6 @@ fn luhn_check_digit(digits: &str) -> u32 {
     (10 - sum % 10) % 10
 }
 
-/// splitmix64: tiny, fast, and fully determined by the seed, which is all a workload needs.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform enough below `n` (the modulo bias is under 2^-40 for the small `n` used here).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    fn percent(&mut self, p: u32) -> bool {
-        self.below(100) < u64::from(p)
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-
-    /// A version-4 uuid in the 36-character form OpenMRS stores.
-    fn uuid(&mut self) -> String {
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&self.next_u64().to_be_bytes());
-        bytes[8..].copy_from_slice(&self.next_u64().to_be_bytes());
-        bytes[6] = (bytes[6] & 0x0f) | 0x40;
-        bytes[8] = (bytes[8] & 0x3f) | 0x80;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
-    }
-
-    fn hex(&mut self, chars: usize) -> String {
-        (0..chars).map(|_| char::from_digit(self.below(16) as u32, 16).expect("digit below 16")).collect()
-    }
-}
-
 const GIVEN_NAMES_FEMALE: [&str; 10] =
     ["Aline", "Chimwemwe", "Grace", "Esperance", "Amina", "Tendai", "Mercy", "Joyce", "Fatima", "Marie"];
 const GIVEN_NAMES_MALE: [&str; 10] =
@@ -1277,7 +1237,7 @@ mod tests {
 
     #[test]
     fn uuids_are_version_4_and_follow_the_seed() {
-        let (mut a, mut b) = (SplitMix64(7), SplitMix64(7));
+        let (mut a, mut b) = (SplitMix64::new(7), SplitMix64::new(7));
         for _ in 0..100 {
             let uuid = a.uuid();
             assert_eq!(uuid, b.uuid());
@@ -1285,7 +1245,7 @@ mod tests {
             assert_eq!(&uuid[14..15], "4", "{uuid}");
             assert!("89ab".contains(&uuid[19..20]), "{uuid}");
         }
-        assert_ne!(SplitMix64(8).uuid(), SplitMix64(7).uuid());
+        assert_ne!(SplitMix64::new(8).uuid(), SplitMix64::new(7).uuid());
     }
 
     #[test]
