@@ -75,9 +75,9 @@ const ACTION_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Longest skip reason kept.
 const REASON_CHARS_MAX: usize = 1_000;
 
-const INDEX_HTML: &str = include_str!("../assets/dashboard/index.html");
-const APP_CSS: &str = include_str!("../assets/dashboard/app.css");
-const APP_JS: &str = include_str!("../assets/dashboard/app.js");
+const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
+const APP_CSS: &str = include_str!("../../assets/dashboard/app.css");
+const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
 
 const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
