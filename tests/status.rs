@@ -48,7 +48,7 @@ async fn count(db: &Database, sql: &str, params: &[Value]) -> i64 {
 
 async fn status_of(net: &Network) -> Status {
     let mut s = net.db("parent").session().await.unwrap();
-    Status::compute(&mut s, &net.publisher.app.config).await.unwrap()
+    status::compute(&mut s, &net.publisher.app.config).await.unwrap()
 }
 
 fn keys(status: &Status) -> Vec<String> {

@@ -274,7 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !capture::list_tables(&mut session).await?.iter().any(|t| t == capture::EVENT_TABLE) {
                 bail!("capture is not installed on {}: run `feed-publisher install --db ...` first", database.display_name());
             }
-            let status = feed_publisher::status::Status::compute(&mut session, &config).await?;
+            let status = feed_publisher::status::compute(&mut session, &config).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

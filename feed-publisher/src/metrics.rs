@@ -228,7 +228,7 @@ pub(crate) async fn route(app: &App, request: &Request<Incoming>) -> Result<Repl
         return Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed here", request.method()), "use GET"));
     }
     let status = match app.database.session().await {
-        Ok(mut session) => match Status::compute(&mut session, &app.config).await {
+        Ok(mut session) => match crate::status::compute(&mut session, &app.config).await {
             Ok(status) => Some(status),
             Err(e) => {
                 tracing::warn!(error = %e, "metrics: the database did not answer; reporting feedsync_database_up 0");

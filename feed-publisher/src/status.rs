@@ -28,129 +28,27 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
-use serde::{Deserialize, Serialize};
 
-use feedsync_node::capture::{EVENT_TABLE, JOURNAL_TABLE, PAGE_TABLE};
 use feedsync_db::{DbError, Dialect, Session};
-use feedsync_node::exchange::{CHILD_TABLE, CONFLICT_TABLE, INBOX_TABLE};
-use feedsync_wire::network::RoundSummary;
 
-use feedsync_core::alerts::{self, Alert, ChildFacts, Event, Facts, QUEUE_PENDING_PUSH, QUEUE_WAITING_TO_CHILD, Transitions};
-use feedsync_node::clock::{age_s, db_now};
+use feedsync_core::alerts::{self, Alert, Event, Facts, QUEUE_PENDING_PUSH, QUEUE_WAITING_TO_CHILD, Transitions};
+use feedsync_node::clock::age_s;
 use feedsync_node::config::{AlertsConfig, Config, QUEUE_OBSERVATIONS_MAX};
-use feedsync_node::parent::{self as network, AdminError, ParentError};
-use feedsync_node::sequencer::ALL_FEED;
+use feedsync_node::status::child_facts;
+pub use feedsync_node::status::StatusError;
+pub use feedsync_wire::status::{CategoryStatus, ChildStatus, Status};
 use crate::server::{App, HttpError, Reply};
 
 pub const STATUS_PATH: &str = "/ws/feedsync/status";
 /// The alert checker's table: queue observations and alerts announced.
 pub const ALERT_STATE_TABLE: &str = "feedsync_alert_state";
-/// Journal rows older than this mean the sequencer is not publishing (shown as a problem).
-pub const JOURNAL_STALL_S: i64 = 300;
+pub use feedsync_core::alerts::JOURNAL_STALL_S;
 /// Webhook messages waiting to be delivered at most; more are given up with an error in the log.
 pub const WEBHOOK_QUEUE_MAX: usize = 1_000;
 /// How long a stopping server waits for webhook messages still queued.
 const WEBHOOK_DRAIN_MS_MAX: u64 = 5_000;
 /// Observations older than this many check intervals are stale.
 const STALE_CHECKS: i64 = 3;
-
-/// One snapshot of the publisher and its network.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    /// The database's clock when this was computed (every age here is measured against it).
-    pub now: String,
-    /// Changes captured but not yet published.
-    pub journal_backlog: i64,
-    pub oldest_journal_at: Option<String>,
-    pub oldest_journal_age_s: Option<i64>,
-    pub last_event_seq: i64,
-    pub last_event_at: Option<String>,
-    pub last_event_age_s: Option<i64>,
-    /// Each feed (the categories and `all`) with its pages and events.
-    pub categories: Vec<CategoryStatus>,
-    /// Changes held here until they can apply, in all and by peer (children by name, this
-    /// server's own parent as `parent`).
-    pub held: i64,
-    pub held_by_peer: BTreeMap<String, i64>,
-    /// Open conflict records here.
-    pub open_conflicts: i64,
-    pub children: Vec<ChildStatus>,
-    /// Firing now, by kind then key; `since` is set once `serve` announced it.
-    pub alerts: Vec<Alert>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CategoryStatus {
-    pub category: String,
-    pub pages: i64,
-    /// Events in the feed: exact for `all` (event numbers have no gaps); for a category,
-    /// computed from its pages with the configured page size, so exact unless `feed.page_size`
-    /// changed after pages were archived. Reading one row per feed keeps this cheap on a
-    /// database with millions of events.
-    pub events: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChildStatus {
-    pub name: String,
-    pub revoked: bool,
-    pub revoked_at: Option<String>,
-    pub created_at: String,
-    pub last_contact: Option<String>,
-    pub last_contact_age_s: Option<i64>,
-    /// When its last status report arrived (after its last round).
-    pub reported_at: Option<String>,
-    /// The last of its own events the parent acknowledged.
-    pub acked_seq: i64,
-    /// The last parent event it confirmed it applied.
-    pub pulled_after: i64,
-    /// Parent → child: events it has not received yet (0 for a revoked child).
-    pub waiting_to_child: i64,
-    /// Child → parent: its own events the parent has not accepted, as of its last report.
-    pub pending_push: Option<i64>,
-    pub held_at_parent: i64,
-    pub held_at_child: Option<i64>,
-    pub conflicts_at_parent: i64,
-    pub conflicts_at_child: Option<i64>,
-    pub catchment_patients: i64,
-    pub last_round: Option<RoundSummary>,
-    pub last_round_error: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StatusError {
-    #[error("{0}")]
-    Database(#[from] DbError),
-    #[error("{message}")]
-    Other { message: String, retryable: bool },
-}
-
-impl StatusError {
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            StatusError::Database(e) => e.is_retryable(),
-            StatusError::Other { retryable, .. } => *retryable,
-        }
-    }
-}
-
-impl From<ParentError> for StatusError {
-    fn from(e: ParentError) -> Self {
-        match e {
-            ParentError::Database(e) => StatusError::Database(e),
-            other => StatusError::Other { retryable: other.is_retryable(), message: other.to_string() },
-        }
-    }
-}
-
-impl From<AdminError> for StatusError {
-    fn from(e: AdminError) -> Self {
-        match e {
-            AdminError::Database(e) => StatusError::Database(e),
-            other => StatusError::Other { message: other.to_string(), retryable: false },
-        }
-    }
-}
 
 impl From<StatusError> for HttpError {
     fn from(e: StatusError) -> Self {
@@ -164,157 +62,35 @@ impl From<StatusError> for HttpError {
     }
 }
 
-impl Status {
-    /// Computes the status and the alerts firing now. Reads only (beyond creating the toolkit's
-    /// tables a database may predate); the queue observations are those `serve` recorded.
-    pub async fn compute(session: &mut Session, config: &Config) -> Result<Status, StatusError> {
-        let mut status = gather(session, config).await?;
-        let histories = load_histories(session, &status.now, &config.alerts).await?;
-        status.alerts = alerts::evaluate(&facts(&status, &histories), &config.alerts);
-        let announced = load_announced(session).await?;
-        for alert in &mut status.alerts {
-            alert.since = announced.iter().find(|a| a.key == alert.key).and_then(|a| a.since.clone());
-        }
-        Ok(status)
-    }
-
-    pub fn child(&self, name: &str) -> Option<&ChildStatus> {
-        self.children.iter().find(|c| c.name == name)
-    }
-}
-
 // ---- gathering ----
 
 
-async fn count(session: &mut Session, sql: &str) -> Result<i64, DbError> {
-    Ok(session.query(sql, &[]).await?.first().and_then(|r| r.i64("n")).unwrap_or_default())
+/// Computes the status and the alerts firing now. Reads only (beyond creating the toolkit's
+/// tables a database may predate); the queue observations are those `serve` recorded.
+pub async fn compute(session: &mut Session, config: &Config) -> Result<Status, StatusError> {
+    let mut status = gather(session, config).await?;
+    let histories = load_histories(session, &status.now, &config.alerts).await?;
+    status.alerts = alerts::evaluate(&facts(&status, &histories), &config.alerts);
+    let announced = load_announced(session).await?;
+    for alert in &mut status.alerts {
+        alert.since = announced.iter().find(|a| a.key == alert.key).and_then(|a| a.since.clone());
+    }
+    Ok(status)
 }
 
 async fn gather(session: &mut Session, config: &Config) -> Result<Status, StatusError> {
-    network::prepare(session).await?;
     prepare(session).await?;
-    let now = db_now(session).await?;
-    let journal_backlog = count(session, &format!("SELECT COUNT(*) AS n FROM {JOURNAL_TABLE}")).await?;
-    let oldest_journal_at = if journal_backlog > 0 {
-        session.query(&format!("SELECT MIN(changed_at) AS at FROM {JOURNAL_TABLE}"), &[]).await?.first().and_then(|r| r.text("at"))
-    } else {
-        None
-    };
-    let last = session.query(&format!("SELECT event_seq, changed_at FROM {EVENT_TABLE} ORDER BY event_seq DESC LIMIT 1"), &[]).await?;
-    let last_event_seq = last.first().and_then(|r| r.i64("event_seq")).unwrap_or_default();
-    let last_event_at = last.first().and_then(|r| r.text("changed_at"));
-    let page_size = i64::from(config.feed.page_size.max(1));
-    let mut categories: Vec<CategoryStatus> = session
-        .query(&format!("SELECT feed, page, entries FROM {PAGE_TABLE} ORDER BY feed"), &[])
-        .await?
-        .iter()
-        .filter_map(|r| {
-            let (category, page, entries) = (r.text("feed")?, r.i64("page")?, r.i64("entries")?);
-            let events = if category == ALL_FEED { last_event_seq } else { (page - 1).max(0) * page_size + entries };
-            Some(CategoryStatus { category, pages: page, events })
-        })
-        .collect();
-    if last_event_seq > 0 && !categories.iter().any(|c| c.category == ALL_FEED) {
-        categories.push(CategoryStatus { category: ALL_FEED.into(), pages: 0, events: last_event_seq });
-    }
-    let held_by_peer: BTreeMap<String, i64> = session
-        .query(&format!("SELECT peer, COUNT(*) AS n FROM {INBOX_TABLE} GROUP BY peer"), &[])
-        .await?
-        .iter()
-        .filter_map(|r| Some((r.text("peer")?, r.i64("n")?)))
-        .collect();
-    let open_conflicts = count(session, &format!("SELECT COUNT(*) AS n FROM {CONFLICT_TABLE} WHERE status = 'open'")).await?;
-    let conflicts_by_child: BTreeMap<String, i64> = session
-        .query(&format!("SELECT peer, COUNT(*) AS n FROM {CONFLICT_TABLE} WHERE status = 'open' AND site_side = 'parent' GROUP BY peer"), &[])
-        .await?
-        .iter()
-        .filter_map(|r| Some((r.text("peer")?, r.i64("n")?)))
-        .collect();
-    // One read for every child's position and latest report (not one per child): a scrape of
-    // a parent with a thousand children stays a few queries plus the waiting counts.
-    let mut pulled_after: BTreeMap<String, i64> = BTreeMap::new();
-    let mut reports: BTreeMap<String, (ReportSummary, String)> = BTreeMap::new();
-    for r in session.query(&format!("SELECT name, COALESCE(pulled_after, 0) AS n, report, reported_at FROM {CHILD_TABLE}"), &[]).await? {
-        let Some(name) = r.text("name") else { continue };
-        pulled_after.insert(name.clone(), r.i64("n").unwrap_or_default());
-        if let Some(report) = r.text("report").and_then(|text| serde_json::from_str::<ReportSummary>(&text).ok()) {
-            reports.insert(name, (report, r.text("reported_at").unwrap_or_default()));
-        }
-    }
-    let mut children = Vec::new();
-    for child in network::list_children(session).await? {
-        let revoked = child.revoked_at.is_some();
-        let report = reports.remove(&child.name);
-        let waiting_to_child = if revoked { 0 } else { network::waiting_for_child(session, &child).await? };
-        children.push(ChildStatus {
-            last_contact_age_s: age_s(&now, child.last_contact.as_deref()),
-            reported_at: report.as_ref().map(|(_, at)| at.clone()),
-            pulled_after: pulled_after.get(&child.name).copied().unwrap_or_default(),
-            waiting_to_child,
-            pending_push: report.as_ref().map(|(r, _)| r.pending_push),
-            held_at_parent: child.held_items,
-            held_at_child: report.as_ref().map(|(r, _)| r.held_total),
-            conflicts_at_parent: conflicts_by_child.get(&child.name).copied().unwrap_or_default(),
-            conflicts_at_child: report.as_ref().map(|(r, _)| r.open_conflicts),
-            last_round_error: report.as_ref().and_then(|(r, _)| r.round.error.clone()),
-            last_round: report.map(|(r, _)| r.round),
-            catchment_patients: child.catchment_patients,
-            acked_seq: child.acked_seq,
-            name: child.name,
-            revoked,
-            revoked_at: child.revoked_at,
-            created_at: child.created_at,
-            last_contact: child.last_contact,
-        });
-    }
-    Ok(Status {
-        oldest_journal_age_s: age_s(&now, oldest_journal_at.as_deref()),
-        last_event_age_s: age_s(&now, last_event_at.as_deref()),
-        now,
-        journal_backlog,
-        oldest_journal_at,
-        last_event_seq,
-        last_event_at,
-        categories,
-        held: held_by_peer.values().sum(),
-        held_by_peer,
-        open_conflicts,
-        children,
-        alerts: Vec::new(),
-    })
-}
-
-/// The parts of a child's report (`feedsync_wire::network::ChildReport`) the status shows; the held items and
-/// conflicts it lists are skipped unread.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct ReportSummary {
-    pending_push: i64,
-    held_total: i64,
-    open_conflicts: i64,
-    round: RoundSummary,
+    feedsync_node::status::gather(session, config.feed.page_size).await
 }
 
 /// The alert rules' facts: the status plus each child's recent queue observations.
 fn facts(status: &Status, histories: &BTreeMap<String, Vec<i64>>) -> Facts {
     let names: BTreeSet<&str> = status.children.iter().map(|c| c.name.as_str()).collect();
-    let history = |child: &str, queue: &str| histories.get(&history_name(child, queue)).cloned().unwrap_or_default();
     Facts {
         children: status
             .children
             .iter()
-            .map(|c| ChildFacts {
-                name: c.name.clone(),
-                revoked: c.revoked,
-                last_contact_age_s: c.last_contact_age_s,
-                registered_age_s: age_s(&status.now, Some(&c.created_at)),
-                held_at_parent: c.held_at_parent,
-                held_at_child: c.held_at_child.unwrap_or_default(),
-                conflicts_at_parent: c.conflicts_at_parent,
-                conflicts_at_child: c.conflicts_at_child.unwrap_or_default(),
-                waiting_history: history(&c.name, QUEUE_WAITING_TO_CHILD),
-                pending_push_history: history(&c.name, QUEUE_PENDING_PUSH),
-            })
+            .map(|c| child_facts(c, &status.now, |queue| histories.get(&history_name(&c.name, queue)).cloned().unwrap_or_default()))
             .collect(),
         held_from_others: status.held_by_peer.iter().filter(|(peer, _)| !names.contains(peer.as_str())).map(|(p, n)| (p.clone(), *n)).collect(),
         conflicts_with_others: (status.open_conflicts - status.children.iter().map(|c| c.conflicts_at_parent).sum::<i64>()).max(0),
@@ -613,7 +389,7 @@ pub(crate) async fn route(app: &App, request: &Request<Incoming>) -> Result<Repl
         return Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed here", request.method()), "use GET"));
     }
     let mut session = app.database.session().await?;
-    let status = Status::compute(&mut session, &app.config).await?;
+    let status = compute(&mut session, &app.config).await?;
     Ok(Reply::json(StatusCode::OK, serde_json::to_vec(&status).expect("status serializes"), false))
 }
 

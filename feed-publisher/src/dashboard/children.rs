@@ -7,23 +7,23 @@ use hyper::StatusCode;
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 
-use feedsync_core::alerts::{self, AlertsConfig, ChildFacts, Problem, QUEUE_PENDING_PUSH, QUEUE_WAITING_TO_CHILD, describe_age, plural};
+use feedsync_core::alerts::{self, AlertsConfig, Problem};
 use feedsync_db::Session;
-use feedsync_node::capture::{EVENT_TABLE, JOURNAL_TABLE};
+use feedsync_node::config::Config;
 use feedsync_node::clock::{age_s, parse_time};
-use feedsync_node::exchange::{self, AUDIT_TABLE, COMMAND_TABLE, CONFLICT_TABLE, INBOX_TABLE};
+use feedsync_node::exchange::{self, AUDIT_TABLE, COMMAND_TABLE, INBOX_TABLE};
 use feedsync_node::parent::{self as network, Child};
+use feedsync_node::status::{child_facts, child_statuses, gather_parent};
+use feedsync_wire::status::ChildStatus;
 use feedsync_wire::network::RoundSummary;
 
 use super::conflicts::conflicts_for;
 use super::held::held_page;
 use super::rounds::{ROUNDS_PER_CHILD_MAX, RoundRecord, pending_since, recent_rounds, record_round};
-use super::{Context, admin_error, context, count};
+use super::{Context, admin_error, context};
 use crate::server::HttpError;
 use crate::status;
 
-/// Journal rows older than this mean the sequencer is not keeping up.
-const JOURNAL_STALL_S: i64 = 300;
 /// Rounds read per child for trends (growth, how long pushes have been pending).
 const TREND_ROUNDS_MAX: i64 = 20;
 const USB_LISTED_MAX: i64 = 200;
@@ -63,12 +63,14 @@ struct DashboardChild {
     problems: Vec<Problem>,
 }
 
-async fn child_status(session: &mut Session, child: &Child, cx: &Context) -> Result<DashboardChild, HttpError> {
-    let report = network::child_report(session, &child.name).await.map_err(admin_error)?;
-    let waiting_to_child = network::waiting_for_child(session, child).await?;
-    let oldest_to_child_at = if waiting_to_child > 0 { network::oldest_waiting_for_child(session, child).await? } else { None };
-    if let Some((report, reported_at)) = &report
+/// The dashboard's row for a child: its status (the one per-child status the `status` command
+/// and the alert checker read too), the round history for its trend, how long the oldest change
+/// has waited each way, and its problems. Records the child's last round when a newer report
+/// has arrived than the history holds.
+async fn dashboard_child(session: &mut Session, child: &Child, status: ChildStatus, cx: &Context) -> Result<DashboardChild, HttpError> {
+    if let Some(reported_at) = &status.reported_at
         && cx.recorded.get(&child.name).is_none_or(|last| last.as_str() < reported_at.as_str())
+        && let Some((report, reported_at)) = network::child_report(session, &child.name).await.map_err(admin_error)?
     {
         let record = RoundRecord {
             round: report.round.clone(),
@@ -77,11 +79,13 @@ async fn child_status(session: &mut Session, child: &Child, cx: &Context) -> Res
             held_at_child: report.held_total,
             open_conflicts_at_child: report.open_conflicts,
             held_at_parent: child.held_items,
-            waiting_to_child,
+            waiting_to_child: status.waiting_to_child,
             done_commands: report.done_commands.len(),
         };
-        record_round(session, &child.name, reported_at, &record).await?;
+        record_round(session, &child.name, &reported_at, &record).await?;
     }
+    let waiting_to_child = status.waiting_to_child;
+    let oldest_to_child_at = if waiting_to_child > 0 { network::oldest_waiting_for_child(session, child).await? } else { None };
     let rounds = recent_rounds(session, &child.name, TREND_ROUNDS_MAX).await?;
     let oldest_held_here = if child.held_items > 0 {
         session
@@ -92,110 +96,75 @@ async fn child_status(session: &mut Session, child: &Child, cx: &Context) -> Res
     } else {
         None
     };
-    let pushes_since = if report.as_ref().is_some_and(|(r, _)| r.pending_push > 0) { pending_since(&rounds) } else { None };
+    let pushes_since = if status.pending_push.is_some_and(|n| n > 0) { pending_since(&rounds) } else { None };
     let oldest_from_child_at = [oldest_held_here, pushes_since].into_iter().flatten().min_by_key(|t| parse_time(t));
-    let last_contact_age_s = age_s(&cx.now, child.last_contact.as_deref());
     let oldest_to_child_age_s = age_s(&cx.now, oldest_to_child_at.as_deref());
     let oldest_from_child_age_s = age_s(&cx.now, oldest_from_child_at.as_deref());
-    let conflicts_at_parent = cx.conflicts_by_peer.get(&child.name).copied().unwrap_or_default();
     let mut queued_history: Vec<i64> = rounds.iter().rev().map(|r| r.record.queued()).collect();
-    if let Some((report, _)) = &report {
+    if let (Some(pending_push), Some(held_at_child)) = (status.pending_push, status.held_at_child) {
         // The queue now: what the parent holds and sends is current; the child's side is as of its report.
-        let now = waiting_to_child + child.held_items + report.pending_push + report.held_total;
+        let now = waiting_to_child + child.held_items + pending_push + held_at_child;
         if queued_history.last() != Some(&now) {
             queued_history.push(now);
         }
     }
     // The same facts `status` gives the alert rules, so both list the same problems.
-    let history = |queue: &str| cx.histories.get(&status::history_name(&child.name, queue)).cloned().unwrap_or_default();
-    let facts = ChildFacts {
-        name: child.name.clone(),
-        revoked: child.revoked_at.is_some(),
-        last_contact_age_s,
-        registered_age_s: age_s(&cx.now, Some(&child.created_at)),
-        held_at_parent: child.held_items,
-        held_at_child: report.as_ref().map_or(0, |(r, _)| r.held_total),
-        conflicts_at_parent,
-        conflicts_at_child: report.as_ref().map_or(0, |(r, _)| r.open_conflicts),
-        waiting_history: history(QUEUE_WAITING_TO_CHILD),
-        pending_push_history: history(QUEUE_PENDING_PUSH),
-    };
-    let round_error = report.as_ref().and_then(|(r, _)| r.round.error.clone());
+    let facts = child_facts(&status, &cx.now, |queue| cx.histories.get(&status::history_name(&child.name, queue)).cloned().unwrap_or_default());
+    let problems = alerts::child_problems(&facts, status.last_round_error.as_deref(), &cx.alerts);
     Ok(DashboardChild {
-        name: child.name.clone(),
-        revoked: child.revoked_at.is_some(),
-        revoked_at: child.revoked_at.clone(),
-        created_at: child.created_at.clone(),
+        name: status.name,
+        revoked: status.revoked,
+        revoked_at: status.revoked_at,
+        created_at: status.created_at,
         all_patients: child.all_patients,
         categories: child.categories.clone(),
-        last_contact: child.last_contact.clone(),
-        last_contact_age_s,
-        reported_at: report.as_ref().map(|(_, at)| at.clone()),
+        last_contact: status.last_contact,
+        last_contact_age_s: status.last_contact_age_s,
+        reported_at: status.reported_at,
         waiting_to_child,
         oldest_to_child_at,
         oldest_to_child_age_s,
-        pending_push: report.as_ref().map(|(r, _)| r.pending_push),
+        pending_push: status.pending_push,
         oldest_from_child_at,
         oldest_from_child_age_s,
         oldest_waiting_age_s: oldest_to_child_age_s.max(oldest_from_child_age_s),
-        held_at_parent: child.held_items,
-        held_at_child: report.as_ref().map(|(r, _)| r.held_total),
-        conflicts_at_parent,
-        conflicts_at_child: report.as_ref().map(|(r, _)| r.open_conflicts),
-        catchment_patients: child.catchment_patients,
-        last_round: report.as_ref().map(|(r, _)| r.round.clone()),
+        held_at_parent: status.held_at_parent,
+        held_at_child: status.held_at_child,
+        conflicts_at_parent: status.conflicts_at_parent,
+        conflicts_at_child: status.conflicts_at_child,
+        catchment_patients: status.catchment_patients,
+        last_round: status.last_round,
         queued_history,
-        problems: alerts::child_problems(&facts, round_error.as_deref(), &cx.alerts),
+        problems,
     })
 }
 
-async fn parent_status(session: &mut Session, now: &str) -> Result<Json, HttpError> {
-    let journal_backlog = count(session, &format!("SELECT COUNT(*) AS n FROM {JOURNAL_TABLE}")).await?;
-    let oldest_journal_at = if journal_backlog > 0 {
-        session.query(&format!("SELECT MIN(changed_at) AS at FROM {JOURNAL_TABLE}"), &[]).await?.first().and_then(|r| r.text("at"))
-    } else {
-        None
-    };
-    let last = session.query(&format!("SELECT event_seq, changed_at FROM {EVENT_TABLE} ORDER BY event_seq DESC LIMIT 1"), &[]).await?;
-    let last_event_seq = last.first().and_then(|r| r.i64("event_seq")).unwrap_or_default();
-    let last_event_at = last.first().and_then(|r| r.text("changed_at"));
-    let held = count(session, &format!("SELECT COUNT(*) AS n FROM {INBOX_TABLE}")).await?;
-    let open_conflicts = count(session, &format!("SELECT COUNT(*) AS n FROM {CONFLICT_TABLE} WHERE status = 'open'")).await?;
-    let oldest_journal_age_s = age_s(now, oldest_journal_at.as_deref());
-    let mut problems = Vec::new();
-    if let Some(age) = oldest_journal_age_s.filter(|a| *a > JOURNAL_STALL_S) {
-        problems.push(Problem {
-            kind: "journal_behind",
-            text: format!("{} captured but not published for {}: see the publisher's log", plural(journal_backlog, "change", "changes"), describe_age(age)),
-        });
-    }
-    if held > 0 {
-        problems.push(Problem { kind: "held", text: format!("{held} held (failed events) at the parent") });
-    }
-    if open_conflicts > 0 {
-        problems.push(Problem { kind: "conflicts", text: format!("{} at the parent", plural(open_conflicts, "open conflict", "open conflicts")) });
-    }
+/// The parent's own numbers and problems, from the same reading `status` makes.
+async fn parent_status(session: &mut Session, page_size: u32) -> Result<Json, HttpError> {
+    let parent = gather_parent(session, page_size).await?;
+    let problems = alerts::parent_problems(parent.journal_backlog, parent.oldest_journal_age_s, parent.held, parent.open_conflicts);
     Ok(json!({
-        "journal_backlog": journal_backlog,
-        "oldest_journal_at": oldest_journal_at,
-        "oldest_journal_age_s": oldest_journal_age_s,
-        "last_event_seq": last_event_seq,
-        "last_event_at": last_event_at,
-        "last_event_age_s": age_s(now, last_event_at.as_deref()),
-        "held": held,
-        "open_conflicts": open_conflicts,
+        "journal_backlog": parent.journal_backlog,
+        "oldest_journal_at": parent.oldest_journal_at,
+        "oldest_journal_age_s": parent.oldest_journal_age_s,
+        "last_event_seq": parent.last_event_seq,
+        "last_event_at": parent.last_event_at,
+        "last_event_age_s": parent.last_event_age_s,
+        "held": parent.held,
+        "open_conflicts": parent.open_conflicts,
         "problems": problems,
     }))
 }
 
-pub(super) async fn overview(session: &mut Session, query: &BTreeMap<String, String>, alerts: &AlertsConfig) -> Result<Json, HttpError> {
-    let cx = context(session, query, alerts).await?;
+pub(super) async fn overview(session: &mut Session, query: &BTreeMap<String, String>, config: &Config) -> Result<Json, HttpError> {
+    let cx = context(session, query, &config.alerts).await?;
     let children = network::list_children(session).await.map_err(admin_error)?;
+    let statuses = child_statuses(session, &cx.now, &children).await?;
     let mut rows = Vec::with_capacity(children.len());
-    for child in &children {
-        rows.push(child_status(session, child, &cx).await?);
+    for (child, status) in children.iter().zip(statuses) {
+        rows.push(dashboard_child(session, child, status, &cx).await?);
     }
-    let parent = parent_status(session, &cx.now).await?;
+    let parent = parent_status(session, config.feed.page_size).await?;
     let active = || rows.iter().filter(|r| !r.revoked);
     let totals = json!({
         "children": active().count(),
@@ -218,7 +187,8 @@ pub(super) async fn child_page(session: &mut Session, name: &str, query: &BTreeM
     }
     let cx = context(session, query, alerts).await?;
     let child = network::list_children(session).await.map_err(admin_error)?.into_iter().find(|c| c.name == name).ok_or_else(unknown)?;
-    let status = child_status(session, &child, &cx).await?;
+    let own = child_statuses(session, &cx.now, std::slice::from_ref(&child)).await?.pop().expect("one status per child");
+    let status = dashboard_child(session, &child, own, &cx).await?;
     let report = network::child_report(session, name).await.map_err(admin_error)?;
     let rounds = recent_rounds(session, name, ROUNDS_PER_CHILD_MAX).await?;
     let usb: Vec<Json> = session

@@ -32,7 +32,7 @@ use serde_json::{Value as Json, json};
 use feedsync_core::alerts::AlertsConfig;
 use feedsync_db::Session;
 use feedsync_node::clock::db_now;
-use feedsync_node::exchange::{CONFLICT_TABLE, Take};
+use feedsync_node::exchange::Take;
 use feedsync_node::parent::AdminError;
 use feedsync_wire::network::CommandAction;
 
@@ -196,7 +196,7 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, path: &str) -> 
     let mut session = app.database.session().await?;
     let post = method == Method::POST;
     match (post, segments.as_slice()) {
-        (false, ["overview"]) => Ok(api_json(&overview(&mut session, &query, &app.config.alerts).await?)),
+        (false, ["overview"]) => Ok(api_json(&overview(&mut session, &query, &app.config).await?)),
         (false, ["children", name]) => Ok(api_json(&child_page(&mut session, name, &query, &app.config.alerts).await?)),
         (false, ["held"]) => Ok(api_json(&held_page(&mut session, query.get("child").map(String::as_str)).await?)),
         (false, ["conflicts"]) => Ok(api_json(&conflicts_page(&mut session, query.get("all").is_some_and(|v| v == "1" || v == "true")).await?)),
@@ -294,7 +294,6 @@ struct Context {
     alerts: AlertsConfig,
     /// The alert checks' queue observations (what `queue_growing` looks at), by row name.
     histories: BTreeMap<String, Vec<i64>>,
-    conflicts_by_peer: HashMap<String, i64>,
     recorded: HashMap<String, String>,
 }
 
@@ -310,13 +309,7 @@ async fn context(session: &mut Session, query: &BTreeMap<String, String>, alerts
     }
     let now = db_now(session).await?;
     let histories = status::load_histories(session, &now, &alerts).await?;
-    let conflicts_by_peer = session
-        .query(&format!("SELECT peer, COUNT(*) AS n FROM {CONFLICT_TABLE} WHERE status = 'open' AND site_side = 'parent' GROUP BY peer"), &[])
-        .await?
-        .iter()
-        .filter_map(|r| Some((r.text("peer")?, r.i64("n")?)))
-        .collect();
-    Ok(Context { now, alerts, histories, conflicts_by_peer, recorded: last_recorded(session).await? })
+    Ok(Context { now, alerts, histories, recorded: last_recorded(session).await? })
 }
 
 async fn count(session: &mut Session, sql: &str) -> Result<i64, HttpError> {

@@ -282,6 +282,28 @@ pub fn child_problems(child: &ChildFacts, last_round_error: Option<&str>, config
     problems
 }
 
+/// Journal rows older than this mean the sequencer is not keeping up.
+pub const JOURNAL_STALL_S: i64 = 300;
+
+/// The problems the dashboard lists for the parent itself: changes captured but not published
+/// for longer than [`JOURNAL_STALL_S`], changes held here, conflicts open here.
+pub fn parent_problems(journal_backlog: i64, oldest_journal_age_s: Option<i64>, held: i64, open_conflicts: i64) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Some(age) = oldest_journal_age_s.filter(|a| *a > JOURNAL_STALL_S) {
+        problems.push(Problem {
+            kind: "journal_behind",
+            text: format!("{} captured but not published for {}: see the publisher's log", plural(journal_backlog, "change", "changes"), describe_age(age)),
+        });
+    }
+    if held > 0 {
+        problems.push(Problem { kind: "held", text: format!("{held} held (failed events) at the parent") });
+    }
+    if open_conflicts > 0 {
+        problems.push(Problem { kind: "conflicts", text: format!("{} at the parent", plural(open_conflicts, "open conflict", "open conflicts")) });
+    }
+    problems
+}
+
 /// `1 open conflict`, `2 open conflicts`.
 pub fn plural(n: i64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

@@ -17,6 +17,7 @@ pub mod parent;
 pub mod progress;
 pub mod search;
 pub mod sequencer;
+pub mod status;
 pub mod usb;
 
 use feedsync_db::{Database, DbError};
