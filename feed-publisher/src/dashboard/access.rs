@@ -33,8 +33,9 @@ pub enum Access {
     Cookie,
 }
 
+/// Why a request may not see the dashboard, and what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub struct AccessDenied {
     pub message: String,
     pub hint: &'static str,
 }
@@ -45,7 +46,7 @@ const TOKEN_HINT: &str = "log in at /dashboard/login with the value of FEEDSYNC_
 
 /// Decides whether a request may use the dashboard. Pure: the caller passes the peer address
 /// (`None` when unknown), the headers and the configured token (`None` or empty: not set).
-pub fn check_access(peer: Option<SocketAddr>, headers: &HeaderMap, admin_token: Option<&str>) -> Result<Access, Refusal> {
+pub fn check_access(peer: Option<SocketAddr>, headers: &HeaderMap, admin_token: Option<&str>) -> Result<Access, AccessDenied> {
     if let Some(token) = admin_token.filter(|t| !t.trim().is_empty()) {
         let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
         if let Some(offered) = bearer
@@ -63,13 +64,13 @@ pub fn check_access(peer: Option<SocketAddr>, headers: &HeaderMap, admin_token: 
         } else {
             "the dashboard needs the admin token (FEEDSYNC_ADMIN_TOKEN is set on this server)"
         };
-        return Err(Refusal { message: message.into(), hint: TOKEN_HINT });
+        return Err(AccessDenied { message: message.into(), hint: TOKEN_HINT });
     }
     let Some(peer) = peer else {
-        return Err(Refusal { message: "the dashboard could not tell where this request came from".into(), hint: LOOPBACK_HINT });
+        return Err(AccessDenied { message: "the dashboard could not tell where this request came from".into(), hint: LOOPBACK_HINT });
     };
     if !peer.ip().to_canonical().is_loopback() {
-        return Err(Refusal {
+        return Err(AccessDenied {
             message: format!("the dashboard answers only this machine without a token; this request came from {}", peer.ip()),
             hint: LOOPBACK_HINT,
         });
@@ -77,7 +78,7 @@ pub fn check_access(peer: Option<SocketAddr>, headers: &HeaderMap, admin_token: 
     // A proxy on this machine makes every client look local: its requests need the token.
     for name in ["forwarded", "x-forwarded-for", "x-real-ip"] {
         if headers.contains_key(name) {
-            return Err(Refusal {
+            return Err(AccessDenied {
                 message: format!("this request came through a proxy ({name} header); without a token only direct local requests are served"),
                 hint: LOOPBACK_HINT,
             });
@@ -88,7 +89,7 @@ pub fn check_access(peer: Option<SocketAddr>, headers: &HeaderMap, admin_token: 
     if let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok())
         && !is_loopback_host(host)
     {
-        return Err(Refusal { message: format!("Host {host:?} is not a name of this machine"), hint: LOOPBACK_HINT });
+        return Err(AccessDenied { message: format!("Host {host:?} is not a name of this machine"), hint: LOOPBACK_HINT });
     }
     Ok(Access::Loopback)
 }

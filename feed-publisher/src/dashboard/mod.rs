@@ -47,7 +47,7 @@ mod held;
 mod patients;
 mod rounds;
 
-pub use access::{ADMIN_TOKEN_ENV, Access, COOKIE_NAME, Refusal, check_access, cookie_for};
+pub use access::{ADMIN_TOKEN_ENV, Access, COOKIE_NAME, AccessDenied, check_access, cookie_for};
 pub use conflicts::{FieldRow, field_rows};
 pub use held::{Behind, waits_behind};
 pub(crate) use rounds::prepare;

@@ -51,11 +51,11 @@ pub struct FeedPage<'a> {
     /// e.g. `feedsync feed-publisher 0.1.0`.
     pub generator: &'a str,
     /// Oldest first.
-    pub entries: &'a [FeedEntry],
+    pub entries: &'a [PageEntry],
 }
 
 /// One event on a page.
-pub struct FeedEntry {
+pub struct PageEntry {
     /// `tag:atomfeed.ict4h.org:<event uuid>`: see [`entry_id`].
     pub id: String,
     /// e.g. `patient`.
@@ -109,7 +109,7 @@ pub fn render_page(page: &FeedPage) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn push_entry(out: &mut String, entry: &FeedEntry) {
+fn push_entry(out: &mut String, entry: &PageEntry) {
     push_indent(out, 1);
     out.push_str("<entry>\n");
     push_text_element(out, 2, "title", &entry.title);
@@ -274,8 +274,8 @@ fn replace_non_xml_chars(text: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
 
-    fn entry(uuid: &str, updated: &str, categories: &[&str], content: &str) -> FeedEntry {
-        FeedEntry {
+    fn entry(uuid: &str, updated: &str, categories: &[&str], content: &str) -> PageEntry {
+        PageEntry {
             id: entry_id(uuid),
             title: "patient".to_string(),
             updated: updated.to_string(),
@@ -284,7 +284,7 @@ mod tests {
         }
     }
 
-    fn sample_entries() -> Vec<FeedEntry> {
+    fn sample_entries() -> Vec<PageEntry> {
         vec![
             entry(
                 "0b1e3f0a-1111-4c4c-8a8a-000000000001",
@@ -301,7 +301,7 @@ mod tests {
         ]
     }
 
-    fn sample_page(entries: &[FeedEntry]) -> FeedPage<'_> {
+    fn sample_page(entries: &[PageEntry]) -> FeedPage<'_> {
         FeedPage {
             feed_id: "urn:uuid:5d0c2f61-7d0b-4e8e-9a53-000000000007",
             title: "patient",
@@ -460,7 +460,7 @@ mod tests {
     #[test]
     fn atom_escapes_markup_and_quotes_in_text_and_attributes() {
         let awkward = r#"a<b>&c"d'e ]]> &amp;"#;
-        let entries = vec![FeedEntry {
+        let entries = vec![PageEntry {
             id: entry_id("x&y<z>"),
             title: awkward.to_string(),
             updated: "2026-11-26T04:30:00Z".to_string(),
@@ -532,7 +532,7 @@ mod tests {
 
     #[test]
     fn atom_replaces_characters_xml_cannot_carry() {
-        let entries = vec![FeedEntry {
+        let entries = vec![PageEntry {
             id: entry_id("u\u{0}1"),
             title: "bell\u{7}tab\tesc\u{1b}\u{FFFE}\u{FFFF}end".to_string(),
             updated: "2026-11-26T04:30:00Z".to_string(),
@@ -612,7 +612,7 @@ mod tests {
             .chain(0xFFF0..0x10010)
             .filter_map(char::from_u32)
             .collect();
-        let entries = vec![FeedEntry {
+        let entries = vec![PageEntry {
             id: all.clone(),
             title: all.clone(),
             updated: "2026-11-26T04:30:00Z".to_string(),

@@ -469,12 +469,12 @@ pub enum Take {
     /// The other side's version.
     Theirs,
     /// Per field, `mine` or `theirs`; other fields keep the current value.
-    Fields(BTreeMap<String, Side2>),
+    Fields(BTreeMap<String, FieldTake>),
 }
 
 /// `mine` or `theirs`, for one field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side2 {
+pub enum FieldTake {
     Mine,
     Theirs,
 }
@@ -490,8 +490,8 @@ impl Take {
                 for pair in fields {
                     let (name, side) = pair.split_once('=').ok_or_else(|| format!("--field {pair:?}: expected NAME=mine or NAME=theirs"))?;
                     let side = match side {
-                        "mine" => Side2::Mine,
-                        "theirs" => Side2::Theirs,
+                        "mine" => FieldTake::Mine,
+                        "theirs" => FieldTake::Theirs,
                         other => return Err(format!("--field {name}={other}: expected mine or theirs")),
                     };
                     map.insert(name.to_owned(), side);
@@ -537,8 +537,8 @@ pub async fn resolve_conflict(session: &mut Session, model: &Model, id: i64, tak
             let mut fields = now.as_ref().map(|r| r.columns.clone()).or_else(|| record.result.clone()).unwrap_or_default();
             for (name, side) in choice {
                 let from = match side {
-                    Side2::Mine => mine,
-                    Side2::Theirs => theirs,
+                    FieldTake::Mine => mine,
+                    FieldTake::Theirs => theirs,
                 };
                 let known = || fields.keys().cloned().collect::<Vec<_>>().join(", ");
                 if !fields.contains_key(name) && !from.as_ref().is_some_and(|f| f.contains_key(name)) {
@@ -571,7 +571,7 @@ pub async fn resolve_conflict(session: &mut Session, model: &Model, id: i64, tak
         let resolution = match take {
             Take::Mine => "took mine".to_owned(),
             Take::Theirs => "took theirs".to_owned(),
-            Take::Fields(choice) => format!("took fields {}", choice.iter().map(|(f, s)| format!("{f}={}", if *s == Side2::Mine { "mine" } else { "theirs" })).collect::<Vec<_>>().join(", ")),
+            Take::Fields(choice) => format!("took fields {}", choice.iter().map(|(f, s)| format!("{f}={}", if *s == FieldTake::Mine { "mine" } else { "theirs" })).collect::<Vec<_>>().join(", ")),
         };
         let now_sql = feedsync_core::sql::now_sql(session.dialect());
         session
@@ -762,7 +762,7 @@ mod tests {
     #[test]
     fn take_parses_with_clear_errors() {
         assert_eq!(Take::parse("mine", &[]), Ok(Take::Mine));
-        assert!(matches!(Take::parse("fields", &["given_name=theirs".into()]), Ok(Take::Fields(m)) if m["given_name"] == Side2::Theirs));
+        assert!(matches!(Take::parse("fields", &["given_name=theirs".into()]), Ok(Take::Fields(m)) if m["given_name"] == FieldTake::Theirs));
         assert!(Take::parse("fields", &[]).unwrap_err().contains("--field"));
         assert!(Take::parse("fields", &["x=both".into()]).unwrap_err().contains("mine or theirs"));
         assert!(Take::parse("newest", &[]).unwrap_err().contains("mine, theirs or fields"));

@@ -5,7 +5,7 @@
 use crate::capture::{EVENT_TABLE, PAGE_TABLE};
 use feedsync_db::{DbResult, Row, Session, Value};
 
-use feedsync_core::atom::{FeedEntry, FeedPage, entry_id, render_page};
+use feedsync_core::atom::{PageEntry, FeedPage, entry_id, render_page};
 use crate::sequencer::ALL_FEED;
 
 /// Without a version number: a generator string that changed on upgrade would change every
@@ -72,7 +72,7 @@ pub fn render(
     feed_id_base: &str,
     empty_updated: &str,
 ) -> Vec<u8> {
-    let entries: Vec<FeedEntry> = events.iter().map(entry).collect();
+    let entries: Vec<PageEntry> = events.iter().map(entry).collect();
     let updated = entries.last().map_or_else(|| empty_updated.to_owned(), |e| e.updated.clone());
     let self_url = if recent { links.recent_url(feed) } else { links.page_url(feed, page) };
     let via_url = links.page_url(feed, page);
@@ -92,7 +92,7 @@ pub fn render(
     })
 }
 
-fn entry(row: &Row) -> FeedEntry {
+fn entry(row: &Row) -> PageEntry {
     let category = row.text("category").unwrap_or_default();
     let mut categories = vec![category.clone(), row.text("action").unwrap_or_default()];
     if let Some(patient) = row.text("patient_uuid") {
@@ -101,7 +101,7 @@ fn entry(row: &Row) -> FeedEntry {
     if let Some(location) = row.text("location_uuid") {
         categories.push(format!("location:{location}"));
     }
-    FeedEntry {
+    PageEntry {
         id: entry_id(&row.text("event_uuid").unwrap_or_default()),
         title: category,
         updated: rfc3339(&row.text("changed_at").unwrap_or_default()),

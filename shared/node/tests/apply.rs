@@ -40,18 +40,19 @@ const APPLIES_PER_TRANSACTION: usize = 200;
 /// (and the Location-format person attribute, an id inside a value) must be translated.
 const CLINIC_UUID: &str = "c1c1c1c1-0000-4000-8000-00000000c11c";
 
-struct Side {
+/// One end of an apply test: a fresh database, a session on it and its entity model.
+struct TestSide {
     test: TestDatabase,
     session: Session,
     model: Model,
 }
 
-async fn open(source: Source) -> Option<Side> {
+async fn open(source: Source) -> Option<TestSide> {
     let test = TestDatabase::create(source)?;
     let mut session = test.database.session().await.unwrap();
     let schema = read_schema(&mut session, test.database.schema_name()).await.unwrap();
     let model = model::build(&schema, &Profile::openmrs());
-    Some(Side { test, session, model })
+    Some(TestSide { test, session, model })
 }
 
 async fn execute(session: &mut Session, sql: &str, params: &[Value]) {
@@ -488,7 +489,7 @@ async fn replay_mariadb_25_into_198() {
 }
 
 /// One resource of `table` at A whose key contains `needle`.
-async fn resource_of(side: &mut Side, table: &str, needle: &str) -> Resource {
+async fn resource_of(side: &mut TestSide, table: &str, needle: &str) -> Resource {
     let mut pages = ResourcePages::new(&side.model, table, 500).unwrap();
     let mut cache = LookupCache::default();
     while let Some(page) = pages.next_page(&mut side.session, &mut cache).await.unwrap() {
