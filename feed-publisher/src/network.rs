@@ -99,7 +99,7 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> 
             let found = search::find_patients(&mut session, &parsed, limit).await?;
             let shown: Vec<&str> = found.iter().map(|c| c.uuid.as_str()).collect();
             exchange::audit(&mut session, &child.name, "patient-find", None, &format!("query {text:?}: {} candidates shown: {}", found.len(), shown.join(", "))).await?;
-            json(&serde_json::json!({ "candidates": found }))
+            json(&search::PatientsFound { candidates: found })
         }
         (Method::POST, path) if path.starts_with("/patients/") && path.ends_with("/fetch") => {
             let uuid = path.strip_prefix("/patients/").and_then(|rest| rest.strip_suffix("/fetch")).unwrap_or_default();

@@ -23,7 +23,7 @@ use feedsync_wire::network::{Base, Changes, ChildReport, Command, CommandAction,
 use feedsync_core::merge::Side;
 use feedsync_core::model::Model;
 use feedsync_node::lookup::LookupCache;
-use feedsync_node::search::Candidate;
+use feedsync_node::search::{Candidate, PatientsFound};
 
 use crate::client::{ClientError, HttpClient};
 
@@ -123,11 +123,7 @@ impl ParentLink for HttpParent {
         let q: String = url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
         let url = self.url(&format!("/patients?q={q}&limit={limit}"));
         let response = self.client.get(&url).await?;
-        #[derive(serde::Deserialize)]
-        struct Found {
-            candidates: Vec<Candidate>,
-        }
-        Ok(self.decode::<Found>(&url, &response.body)?.candidates)
+        Ok(self.decode::<PatientsFound>(&url, &response.body)?.candidates)
     }
 
     async fn fetch_patient(&self, uuid: &str) -> Result<Record, LinkError> {

@@ -86,7 +86,7 @@
 
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
+pub use feedsync_wire::network::Side;
 use serde_json::Value;
 
 use feedsync_wire::resource::Resource;
@@ -124,14 +124,6 @@ impl Version {
     }
 }
 
-/// One of the two sides of an exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    Parent,
-    Child,
-}
-
 /// The side a policy makes win when both sides changed the same field.
 pub fn winner(policy: Policy) -> Side {
     match policy {
@@ -139,24 +131,6 @@ pub fn winner(policy: Policy) -> Side {
         Policy::ChildWins => Side::Child,
     }
 }
-
-impl Side {
-    pub fn other(self) -> Side {
-        match self {
-            Side::Parent => Side::Child,
-            Side::Child => Side::Parent,
-        }
-    }
-
-    /// `parent` for the parent, `child` for the child.
-    fn pick<T>(self, parent: T, child: T) -> T {
-        match self {
-            Side::Parent => parent,
-            Side::Child => child,
-        }
-    }
-}
-
 
 /// One field both sides changed to different values. `None` is "no such column" (or, for a
 /// deleted side, no entity).

@@ -81,7 +81,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use chrono::{Days, Months, NaiveDate};
-use serde::{Deserialize, Serialize};
+pub use feedsync_wire::network::{Candidate, PatientQuery, PatientsFound};
 
 use feedsync_db::{DbResult, Session, Value};
 
@@ -109,18 +109,6 @@ const EXACT_BIRTHDATE_GAP_SHARE: f64 = 0.5;
 const EDIT_COST_HALVES: u32 = 2;
 const VOWEL_SLIP_COST_HALVES: u32 = 1;
 const TRANSPOSITION_COST_HALVES: u32 = 1;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum PatientQuery {
-    Identifier(String),
-    Name {
-        name: String,
-        /// `YYYY-MM-DD`.
-        birthdate: Option<String>,
-        /// `M`, `F`, `O`, `U` (compared case-insensitively with `person.gender`).
-        gender: Option<String>,
-    },
-}
 
 const QUERY_HINT: &str = "search by one identifier (e.g. `100000-1`) or by name with an optional \
      birthdate YYYY-MM-DD and gender M/F/O/U (e.g. `Mary Uwimana 1990-04-12 F`)";
@@ -179,26 +167,6 @@ fn looks_like_date(token: &str) -> bool {
 
 fn is_gender(token: &str) -> bool {
     matches!(token, "M" | "F" | "O" | "U" | "m" | "f" | "o" | "u")
-}
-
-/// One search result: enough to recognize the person, nothing clinical.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Candidate {
-    /// `person.uuid` (a patient's uuid is its person's).
-    pub uuid: String,
-    /// The name that matched (name search) or the preferred name (identifier search).
-    pub given_name: Option<String>,
-    pub middle_name: Option<String>,
-    pub family_name: Option<String>,
-    pub gender: Option<String>,
-    /// `YYYY-MM-DD`.
-    pub birthdate: Option<String>,
-    /// Non-voided identifiers, preferred first.
-    pub identifiers: Vec<String>,
-    /// 0..=1; 1.0 for an identifier match.
-    pub score: f64,
-    /// `"identifier"` or `"name"`.
-    pub matched_by: String,
 }
 
 /// What a search cost, for tests and logs.

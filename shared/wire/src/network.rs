@@ -333,3 +333,69 @@ pub struct Child {
     pub catchment_patients: i64,
     pub held_items: i64,
 }
+
+/// One of the two sides of an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Parent,
+    Child,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Parent => Side::Child,
+            Side::Child => Side::Parent,
+        }
+    }
+
+    /// `parent` for the parent, `child` for the child.
+    pub fn pick<T>(self, parent: T, child: T) -> T {
+        match self {
+            Side::Parent => parent,
+            Side::Child => child,
+        }
+    }
+}
+
+// ---- patient search across the network ----
+
+/// A patient search as a child asks it (by one identifier, or by name with what else it knows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PatientQuery {
+    Identifier(String),
+    Name {
+        name: String,
+        /// `YYYY-MM-DD`.
+        birthdate: Option<String>,
+        /// `M`, `F`, `O`, `U` (compared case-insensitively with `person.gender`).
+        gender: Option<String>,
+    },
+}
+
+/// One search result: enough to recognize the person, nothing clinical.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// `person.uuid` (a patient's uuid is its person's).
+    pub uuid: String,
+    /// The name that matched (name search) or the preferred name (identifier search).
+    pub given_name: Option<String>,
+    pub middle_name: Option<String>,
+    pub family_name: Option<String>,
+    pub gender: Option<String>,
+    /// `YYYY-MM-DD`.
+    pub birthdate: Option<String>,
+    /// Non-voided identifiers, preferred first.
+    pub identifiers: Vec<String>,
+    /// 0..=1; 1.0 for an identifier match.
+    pub score: f64,
+    /// `"identifier"` or `"name"`.
+    pub matched_by: String,
+}
+
+/// The answer to `GET /network/patients?q=`: the candidates, best first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatientsFound {
+    pub candidates: Vec<Candidate>,
+}
