@@ -705,3 +705,39 @@ async fn a_real_publisher_is_read_once_each_in_order_and_fetched_in_batches() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_deeply_nested_page_stops_its_own_feed_and_the_other_feeds_go_on() {
+    bounded(async {
+        let Some(source) = TestDatabase::create(Source::Sqlite25) else { return };
+        let Some(target) = TestDatabase::create(Source::Sqlite25) else { return };
+        let publisher = Publisher::start(&source.database, PUBLISHER_PAGE_SIZE).await;
+        let mut session = source.database.session().await.unwrap();
+        workload::run(&mut session, &WorkloadConfig { seed: 5, ..WorkloadConfig::default() }).await.expect("workload");
+        publisher.publish().await;
+        // The probe that overflowed the subscriber's stack: 20,000 nested extension elements.
+        let hostile = TestServer::start(|_| {
+            let body = format!("<feed xmlns=\"http://www.w3.org/2005/Atom\" xmlns:e=\"urn:e\">{}{}</feed>", "<e:x>".repeat(20_000), "</e:x>".repeat(20_000));
+            reply(200, "application/atom+xml", body)
+        })
+        .await;
+        let (bad, good) = (hostile.url("/ws/atomfeed/all/recent"), format!("{}/ws/atomfeed/all/recent", publisher.base));
+        let model = load_model(&target.database, &Profile::openmrs()).await.unwrap();
+        let subscriber = feed_subscriber::engine::Subscriber::new(target.database.clone(), model, HttpClient::new(quick_limits()), String::new());
+
+        let error = subscriber.sync_until_caught_up(&[bad.clone(), good.clone()]).await.expect_err("the hostile feed fails");
+        assert!(error.stops_only_its_feed(), "{error}");
+        assert!(error.to_string().contains("nest more than 64 deep"), "{error}");
+        // The good feed was read to its end in the same round, after the bad one failed.
+        let again = subscriber.sync_until_caught_up(std::slice::from_ref(&good)).await.expect("the good feed");
+        assert_eq!(again.entries_read, 0, "already caught up: {again:?}");
+        let mut target_session = target.database.session().await.unwrap();
+        let patients = target_session.query("SELECT COUNT(*) AS n FROM patient", &[]).await.unwrap()[0].i64("n").unwrap();
+        let at_source = session.query("SELECT COUNT(*) AS n FROM patient", &[]).await.unwrap()[0].i64("n").unwrap();
+        assert_eq!(patients, at_source, "every patient of the good feed applied");
+        // And the bad feed fails the same way again, without crashing, at every try.
+        let error = subscriber.sync_until_caught_up(std::slice::from_ref(&bad)).await.expect_err("still hostile");
+        assert!(error.stops_only_its_feed(), "{error}");
+    })
+    .await;
+}

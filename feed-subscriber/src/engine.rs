@@ -44,6 +44,12 @@ impl SyncError {
             SyncError::NotAFeedsyncFeed { .. } => false,
         }
     }
+
+    /// A feed that cannot be read (a malformed or hostile page, a marker lost from its page):
+    /// only that feed waits for a person; the others, and the service, go on.
+    pub fn stops_only_its_feed(&self) -> bool {
+        matches!(self, SyncError::Feed { .. })
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -320,14 +326,24 @@ impl Subscriber {
         Ok(true)
     }
 
-    /// Follows every feed until each is caught up and the queue makes no more progress.
+    /// Follows every feed until each is caught up and the queue makes no more progress. A feed
+    /// that fails (unreachable, or a page that cannot be read) stops only itself: the others
+    /// go on, and the first failure is returned after them.
     pub async fn sync_until_caught_up(&self, feeds: &[String]) -> Result<Progress, SyncError> {
         let mut total = Progress::default();
+        let mut failed: Option<SyncError> = None;
         // An Atom feed does not say how many entries follow a marker: the count has no total.
         let progress = feedsync_node::progress::Progress::new("catch-up", "entries", None);
         for feed in feeds {
             loop {
-                let p = self.sync_batch(feed).await?;
+                let p = match self.sync_batch(feed).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(feed = %feed, error = %e, "this feed stopped; the others go on");
+                        failed.get_or_insert(e);
+                        break;
+                    }
+                };
                 total.entries_read += p.entries_read;
                 total.applied += p.applied;
                 total.queued += p.queued;
@@ -348,6 +364,9 @@ impl Subscriber {
         drop(progress);
         let mut session = self.database.session().await?;
         total.unblocked += self.drain_queue(&mut session).await?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         total.caught_up = true;
         Ok(total)
     }

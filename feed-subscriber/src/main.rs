@@ -382,6 +382,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 metrics.record_error(&e.to_string());
                                 tracing::warn!(error = %e, "will retry");
                             }
+                            // A page that cannot be read stops its own feed, not the service:
+                            // the other feeds went on this round, and this one is read again
+                            // at every poll until its publisher serves a readable page.
+                            Err(e) if e.stops_only_its_feed() => {
+                                metrics.record_error(&e.to_string());
+                                tracing::error!(error = %e, "this feed waits; the other feeds go on");
+                            }
                             Err(e) => return Err(anyhow::Error::from(e)),
                         },
                         _ = tokio::signal::ctrl_c() => return Ok(()),

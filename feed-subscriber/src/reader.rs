@@ -17,6 +17,7 @@
 use std::collections::HashSet;
 
 use atom_syndication::Feed;
+use feedsync_core::xml_guard::{self, FEED_PAGE_BYTES_MAX, FEED_PAGE_DEPTH_MAX};
 use url::Url;
 
 use crate::client::{ClientError, HttpClient};
@@ -172,6 +173,7 @@ pub struct Page {
 pub fn parse_page(fetched_url: &str, bytes: &[u8]) -> Result<Page, ReadError> {
     let malformed = |reason: String| ReadError::MalformedPage { page_url: fetched_url.to_owned(), reason };
     let base = Url::parse(fetched_url).map_err(|e| malformed(format!("its URL does not parse: {e}")))?;
+    xml_guard::check(bytes, FEED_PAGE_BYTES_MAX, FEED_PAGE_DEPTH_MAX).map_err(|e| malformed(e.to_string()))?;
     let feed = Feed::read_from(bytes).map_err(|e| malformed(format!("{e} (starts with {:?})", text_start(bytes))))?;
     let link = |rel: &str| feed.links().iter().find(|link| link.rel() == rel).map(|link| resolve(&base, link.href()));
     let page_url = link("via").unwrap_or_else(|| fetched_url.to_owned());
@@ -469,5 +471,22 @@ mod tests {
         let no_id = "<feed xmlns=\"http://www.w3.org/2005/Atom\"><entry><title>t</title></entry></feed>";
         let error = parse_page("http://h/feed/recent", no_id.as_bytes()).unwrap_err();
         assert!(error.to_string().contains("has no id"), "{error}");
+    }
+
+    #[test]
+    fn a_deeply_nested_page_is_an_error_not_a_crash() {
+        // The probe that overflowed the stack: 20,000 nested elements, 220 KB. Run on a small
+        // thread stack so the test fails (by crashing) if the page ever reaches the parser.
+        // Nested in an extension element: the parser keeps those, one frame per level.
+        let body = format!("<feed xmlns=\"http://www.w3.org/2005/Atom\" xmlns:e=\"urn:e\">{}{}</feed>", "<e:x>".repeat(20_000), "</e:x>".repeat(20_000));
+        let error = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || parse_page("http://h/feed/recent", body.as_bytes()).unwrap_err())
+            .unwrap()
+            .join()
+            .expect("the page was refused before any recursive parse");
+        assert!(matches!(&error, ReadError::MalformedPage { .. }), "{error}");
+        assert!(error.to_string().contains("nest more than 64 deep"), "{error}");
+        assert!(!error.is_retryable());
     }
 }
