@@ -70,7 +70,13 @@ async fn parent_and_three_children_on_sqlite() {
     assert_eq!(found.first().map(|c| c.uuid.as_str()), Some(patient.as_str()), "found by identifier {identifier}");
     let given = one_text(net.db("north"), "SELECT pn.given_name FROM person_name pn JOIN person pe ON pe.person_id = pn.person_id WHERE pe.uuid = ? AND pn.voided = 0", &[patient.as_str().into()]).await.unwrap();
     let family = one_text(net.db("north"), "SELECT pn.family_name FROM person_name pn JOIN person pe ON pe.person_id = pn.person_id WHERE pe.uuid = ? AND pn.voided = 0", &[patient.as_str().into()]).await.unwrap();
-    let misspelled = format!("{given} {}", double_a_letter(&family));
+    // A name alone is refused (it would list every patient of that name in the network); with
+    // birth date and gender, a misspelled name still finds the patient.
+    let name_only = south.find_patients(&format!("{given} {family}"), 10).await.unwrap_err();
+    assert!(name_only.to_string().contains("needs the birth date and gender too"), "{name_only}");
+    let birthdate = one_text(net.db("north"), "SELECT birthdate FROM person WHERE uuid = ?", &[patient.as_str().into()]).await.expect("a birth date");
+    let gender = one_text(net.db("north"), "SELECT gender FROM person WHERE uuid = ?", &[patient.as_str().into()]).await.expect("a gender");
+    let misspelled = format!("{given} {} {} {gender}", double_a_letter(&family), &birthdate[..10]);
     let found = south.find_patients(&misspelled, 10).await.unwrap();
     assert!(found.iter().any(|c| c.uuid == patient), "{misspelled:?} finds {given} {family}: {found:?}");
     let (applied, held) = south.fetch_patient(&patient).await.unwrap();

@@ -621,6 +621,8 @@ impl ParentLink for SimLink {
 
     async fn find_patients(&self, query: &str, limit: usize) -> Result<Vec<Candidate>, LinkError> {
         let parsed = search::parse_query(query).map_err(|e| LinkError { message: e, retryable: false, unauthorized: false })?;
+        // The parent's rule for children, as over HTTP.
+        feedsync_node::parent::check_child_search(&parsed).map_err(|e| LinkError { message: e.to_string(), retryable: false, unauthorized: false })?;
         let mut session = self.parent.kept.take().await.map_err(db_link)?;
         let found = search::find_patients(&mut session, &parsed, limit).await.map_err(db_link)?;
         self.parent.kept.give(session);

@@ -27,6 +27,7 @@ impl From<ParentError> for HttpError {
             ParentError::UnknownTable { .. } | ParentError::WrongResource { .. } => StatusCode::BAD_REQUEST,
             ParentError::CategoryNotAllowed { .. } => StatusCode::FORBIDDEN,
             ParentError::NoSuchPatient { .. } => StatusCode::NOT_FOUND,
+            ParentError::SearchTooBroad { .. } => StatusCode::BAD_REQUEST,
             ParentError::Apply(_) => StatusCode::SERVICE_UNAVAILABLE,
             ParentError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -95,6 +96,7 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> 
         (Method::GET, "/patients") => {
             let text = query.get("q").map(String::as_str).unwrap_or_default();
             let parsed = search::parse_query(text).map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e, "search by identifier, or by name with birth date (YYYY-MM-DD) and gender"))?;
+            parent::check_child_search(&parsed)?;
             let limit = number(&query, "limit", 10)?.clamp(1, 50) as usize;
             let found = search::find_patients(&mut session, &parsed, limit).await?;
             let shown: Vec<&str> = found.iter().map(|c| c.uuid.as_str()).collect();

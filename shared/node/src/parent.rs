@@ -20,7 +20,7 @@ use feedsync_core::merge::Side;
 use feedsync_core::model::{Model, RowSource};
 use feedsync_db::{DbError, Session, Value, for_update, insert_ignore, quote_ident};
 pub use feedsync_wire::network::{ADDRESS_COLUMNS, CatchmentRules, Child};
-use feedsync_wire::network::{Changes, ChildReport, Command, CommandAction, ITEMS_PER_MESSAGE_MAX, Item, PolicyConfig, PushRequest, PushResponse, PushResult, PushStatus, Record};
+use feedsync_wire::network::{Changes, ChildReport, Command, CommandAction, ITEMS_PER_MESSAGE_MAX, Item, PatientQuery, PolicyConfig, PushRequest, PushResponse, PushResult, PushStatus, Record};
 
 /// Why the parent refused or could not do what a child asked. Each says what happened; the
 /// edge that received the request chooses how to answer (a status code, a USB import's reason).
@@ -36,6 +36,8 @@ pub enum ParentError {
     CategoryNotAllowed { child: String, category: String, table: String, key: String, allowed: Vec<String> },
     #[error("no patient with uuid {uuid:?} here")]
     NoSuchPatient { uuid: String },
+    #[error("a patient search by name needs {missing} too: a name alone would list every patient of that name in the network")]
+    SearchTooBroad { missing: &'static str },
     /// Retrying what waits in the inbox failed: the database is unavailable or busy.
     #[error("{0}")]
     Apply(ApplyError),
@@ -52,6 +54,9 @@ impl ParentError {
             ParentError::WrongResource { .. } => "send each entity's own resource",
             ParentError::CategoryNotAllowed { .. } => "nothing in this push was applied; register the child with that category or stop writing it there",
             ParentError::NoSuchPatient { .. } => "use the uuid a patient search returned",
+            ParentError::SearchTooBroad { .. } => {
+                "search by one identifier, or by name with birth date (YYYY-MM-DD; a year either side is searched) and gender M/F/O/U, e.g. `Mary Uwimana 1990-04-12 F`"
+            }
             ParentError::Apply(_) => "the parent's database is unavailable or busy; the child retries the push",
             ParentError::Database(e) if e.is_retryable() => "the database is unreachable; retry later",
             ParentError::Database(_) => "see the publisher's log",
@@ -78,6 +83,19 @@ pub enum AdminError {
     Unknown(String),
     #[error("{0}")]
     Database(#[from] feedsync_db::DbError),
+}
+
+/// Whether a child may run this patient search at the parent: by one identifier, or by name
+/// with birth date and gender. A name alone would let any facility list every patient of that
+/// name in the country (the operator at the parent's dashboard may still search by name).
+pub fn check_child_search(query: &PatientQuery) -> Result<(), ParentError> {
+    match query {
+        PatientQuery::Identifier(_) => Ok(()),
+        PatientQuery::Name { birthdate: None, gender: None, .. } => Err(ParentError::SearchTooBroad { missing: "the birth date and gender" }),
+        PatientQuery::Name { birthdate: None, .. } => Err(ParentError::SearchTooBroad { missing: "the birth date" }),
+        PatientQuery::Name { gender: None, .. } => Err(ParentError::SearchTooBroad { missing: "the gender" }),
+        PatientQuery::Name { .. } => Ok(()),
+    }
 }
 
 /// Registers a child and returns its token (shown once; only its hash is kept).
@@ -674,4 +692,22 @@ pub async fn fetch_patient(session: &mut Session, model: &Model, child: &Child, 
     exchange::audit(session, &child.name, "patient-fetch", Some(uuid), &format!("{} rows sent", items.len())).await?;
     tracing::info!(child = %child.name, patient = uuid, rows = items.len(), "patient fetched into a child's catchment");
     Ok(Record { patient_uuid: uuid.into(), items })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::parse_query;
+
+    #[test]
+    fn a_child_searches_by_identifier_or_by_name_with_birth_date_and_gender() {
+        for allowed in ["100000-1", "Mary Uwimana 1990-04-12 F", "F 1990-04-12 Uwimana"] {
+            assert_eq!(check_child_search(&parse_query(allowed).unwrap()).map_err(|e| e.to_string()), Ok(()), "{allowed}");
+        }
+        for (refused, missing) in [("Mercy", "birth date and gender"), ("Mercy Banda F", "the birth date"), ("Mercy 1990-04-12", "the gender")] {
+            let error = check_child_search(&parse_query(refused).unwrap()).unwrap_err();
+            assert!(error.to_string().contains(missing), "{refused}: {error}");
+            assert!(error.hint().contains("1990-04-12 F") && !error.is_retryable(), "{refused}: {}", error.hint());
+        }
+    }
 }
