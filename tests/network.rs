@@ -265,7 +265,7 @@ async fn a_district_passes_data_up_and_down() {
     let district_db = national.db("district").clone();
     let district_publisher = Publisher::start(&district_db, |_| {}).await;
     let mut s = district_db.session().await.unwrap();
-    let token = parent_network::add_child(&mut s, "facility", &[], false).await.unwrap();
+    let token = parent_network::add_child(&mut s, "facility", &feedsync_sim::network::trusted_categories(), false).await.unwrap();
     drop(s);
     let facility_db = TestDatabase::create(Source::Sqlite25).unwrap();
     let facility = ChildNode::new(facility_db.database.clone(), model_of(&facility_db.database).await, HttpParent::new(&format!("http://{}", district_publisher.addr), &token));
@@ -407,4 +407,79 @@ async fn a_patient_fetched_right_after_its_push_arrives_whole() {
     assert_eq!(response.status, 400, "{}", response.text());
     let response = http(net.publisher.addr, "POST", "/ws/feedsync/network/patients/fetch", &[("authorization", &format!("Bearer {}", net.children[1].3))], None).await;
     assert_eq!(response.status, 400, "{}", response.text());
+}
+
+async fn name_row(db: &feedsync_db::Database, patient: &str) -> String {
+    one_text(db, "SELECT pn.uuid FROM person_name pn JOIN person pe ON pe.person_id = pn.person_id WHERE pe.uuid = ?", &[patient.into()]).await.unwrap()
+}
+
+async fn given_name(db: &feedsync_db::Database, name_uuid: &str) -> Option<String> {
+    one_text(db, "SELECT given_name FROM person_name WHERE uuid = ?", &[name_uuid.into()]).await
+}
+
+/// A push of `resource` (the parent's version with `given_name` changed) from the child whose
+/// token is `token`; returns the parent's answer for it.
+async fn push_renamed(net: &Network, token: &str, seq: i64, table: &str, key: &str, given_name: &str) -> serde_json::Value {
+    let model = model_of(net.db("parent")).await;
+    let mut s = net.db("parent").session().await.unwrap();
+    let mut resource = exchange::current(&mut s, &model, table, key, &mut Default::default()).await.unwrap().expect("the row is at the parent");
+    // Edited from the version both sides agree on, so it is the child's edit, not a conflict.
+    let base = feedsync_wire::network::Base { columns: Some(resource.columns.clone()) };
+    resource.columns.insert("given_name".into(), serde_json::json!(given_name));
+    resource.hash = feedsync_wire::resource::content_hash(&resource.columns);
+    let item = feedsync_wire::network::Item { seq, table: table.into(), key: key.into(), category: resource.category.clone(), resource: Some(resource), base: Some(base) };
+    let body = serde_json::to_vec(&feedsync_wire::network::PushRequest { through_seq: seq, items: vec![item] }).unwrap();
+    let auth = format!("Bearer {token}");
+    let reply = http(net.publisher.addr, "POST", "/ws/feedsync/network/push", &[("authorization", auth.as_str()), ("content-type", "application/json")], Some(&body)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["results"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_writes_only_its_catchment_and_no_roles_without_a_grant() {
+    let Some(net) = Network::start(Source::Sqlite25, &["north", "south"]).await else { return };
+    let base_patients = patient_uuids(net.db("parent")).await;
+    run_workload(net.db("north"), 404, 1).await;
+    run_workload(net.db("south"), 505, 1).await;
+    net.settle().await;
+    let new_patient = |child: &str| {
+        let base = base_patients.clone();
+        let db = net.db(child).clone();
+        async move { patient_uuids(&db).await.difference(&base).next().cloned().expect("a new patient") }
+    };
+    let (north_patient, south_patient) = (new_patient("north").await, new_patient("south").await);
+    let parent = net.db("parent").clone();
+    let (north_name, south_name) = (name_row(&parent, &north_patient).await, name_row(&parent, &south_patient).await);
+    let north_token = net.children.iter().find(|c| c.0 == "north").unwrap().3.clone();
+
+    // North renames south's patient, which it never held: held with the reason, not applied.
+    let answer = push_renamed(&net, &north_token, 1_000_000, "person_name", &south_name, "Intruder").await;
+    assert_eq!(answer["status"], "held", "{answer}");
+    assert!(answer["reason"].as_str().unwrap().contains(&format!("patient {south_patient} is not in north's catchment")), "{answer}");
+    assert_ne!(given_name(&parent, &south_name).await.as_deref(), Some("Intruder"));
+    // The same push of its own patient applies: nothing else is blocked.
+    let answer = push_renamed(&net, &north_token, 1_000_001, "person_name", &north_name, "Renamed").await;
+    assert_eq!(answer["status"], "applied", "{answer}");
+    assert_eq!(given_name(&parent, &north_name).await.as_deref(), Some("Renamed"));
+    // The held change stays held when the parent retries it (at north's next push).
+    let answer = push_renamed(&net, &north_token, 1_000_002, "person_name", &north_name, "Renamed again").await;
+    assert_eq!(answer["status"], "applied", "{answer}");
+    assert_ne!(given_name(&parent, &south_name).await.as_deref(), Some("Intruder"));
+    let held = one_text(net.db("parent"), "SELECT COUNT(*) FROM feedsync_inbox WHERE peer = 'north'", &[]).await;
+    assert_eq!(held.as_deref(), Some("1"));
+
+    // A child registered with the default categories may not grant roles: `*` does not cover
+    // accounts, roles or privileges. The whole push is refused, nothing applied.
+    let mut s = net.db("parent").session().await.unwrap();
+    let plain = parent_network::add_child(&mut s, "plain", &[], false).await.unwrap();
+    drop(s);
+    let grant = "{\"through_seq\":1,\"items\":[{\"seq\":1,\"table\":\"user_role\",\"key\":\"A4F30A1B-5EB9-11DF-A648-37A07F9C90FB+System Developer\",\
+        \"category\":\"user_role\",\"resource\":{\"table\":\"user_role\",\"category\":\"user_role\",\"key\":\"A4F30A1B-5EB9-11DF-A648-37A07F9C90FB+System Developer\",\
+        \"hash\":\"x\",\"columns\":{}}}]}";
+    let roles_before = one_text(net.db("parent"), "SELECT COUNT(*) FROM user_role", &[]).await;
+    let auth = format!("Bearer {plain}");
+    let reply = http(net.publisher.addr, "POST", "/ws/feedsync/network/push", &[("authorization", auth.as_str()), ("content-type", "application/json")], Some(grant.as_bytes())).await;
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert!(reply.text().contains("may not write category \\\"user_role\\\""), "{}", reply.text());
+    assert_eq!(one_text(net.db("parent"), "SELECT COUNT(*) FROM user_role", &[]).await, roles_before);
 }

@@ -693,7 +693,7 @@ async fn build_template() -> Option<Template> {
         let mut session = parent_db.database.session().await.unwrap();
         capture::install(&mut session, &model).await.unwrap();
         parent_network::prepare(&mut session).await.unwrap();
-        parent_network::add_child(&mut session, "template", &[], false).await.unwrap();
+        parent_network::add_child(&mut session, "template", &feedsync_sim::network::trusted_categories(), false).await.unwrap();
         feedsync_node::sequencer::drain(&mut session, &model, &sequencer, 100_000).await.unwrap();
     }
     let parent = Rc::new(ParentNode {
@@ -857,7 +857,7 @@ impl World {
             let name = format!("c{i}");
             let database = copy(&template.child_file, &format!("{name}.sqlite"))?;
             // Every child is a copy of the template child, so it starts where that one is.
-            parent_network::add_child(&mut session, &name, &[], false).await.map_err(text)?;
+            parent_network::add_child(&mut session, &name, &feedsync_sim::network::trusted_categories(), false).await.map_err(text)?;
             session
                 .execute("UPDATE feedsync_child SET acked_seq = ? WHERE name = ?", &[Value::Int(template.acked_seq), name.as_str().into()])
                 .await

@@ -92,7 +92,9 @@ enum ChildCommand {
         /// The child's name: letters, digits, '-' and '_'.
         #[arg(long)]
         name: String,
-        /// Categories the child may write, comma-separated (see `check`); all when omitted.
+        /// Categories the child may write, comma-separated (see `check`); `*` (the default) is
+        /// every category but users, roles, privileges and global properties, which need
+        /// naming (e.g. `*,user`) or `privileged` for all of them.
         #[arg(long, value_delimiter = ',')]
         categories: Vec<String>,
         /// Send the child every patient, not only its catchment (small networks that want

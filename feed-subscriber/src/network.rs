@@ -362,7 +362,7 @@ impl<L: ParentLink> ChildNode<L> {
     }
 
     pub fn receiver<'a>(&'a self, hello: &'a Hello) -> Receiver<'a> {
-        Receiver { model: &self.model, from: Side::Parent, peer: PEER_PARENT, policy: &hello.policy }
+        Receiver { model: &self.model, from: Side::Parent, peer: PEER_PARENT, policy: &hello.policy, catchment_of: None }
     }
 
     /// Pushes the next batch of own events; false when there was nothing to push.

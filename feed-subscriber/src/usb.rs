@@ -302,7 +302,7 @@ async fn build_export<L: ParentLink>(node: &ChildNode<L>, token: &str) -> Result
     let pull_after = node.pull_position(&mut session).await?;
     // Offline the child cannot ask which categories it may write: it offers all, and the
     // parent leaves out what the registration does not allow, as the child would online.
-    let hello = Hello { child: child.clone(), categories: vec!["*".into()], policy: PolicyConfig::default(), last_seq: 0, commands: Vec::new() };
+    let hello = Hello { child: child.clone(), categories: vec!["*".into(), feedsync_wire::network::PRIVILEGED_GRANT.into()], policy: PolicyConfig::default(), last_seq: 0, commands: Vec::new() };
     let mut report = RoundReport::default();
     let mut pushes: Vec<PushRequest> = Vec::new();
     let mut first_own_seqs: Vec<Vec<i64>> = Vec::new();

@@ -270,7 +270,7 @@ pub async fn run(config: &ChildrenConfig) -> anyhow::Result<ChildrenReport> {
         let mut cache = LookupCache::default();
         for index in 0..config.children {
             let name = format!("sim-{index:05}");
-            let token = feedsync_node::parent::add_child(&mut session, &name, &[], false).await?;
+            let token = feedsync_node::parent::add_child(&mut session, &name, &feedsync_sim::network::trusted_categories(), false).await?;
             let slice = &pool[index * config.catchment_patients..(index + 1) * config.catchment_patients];
             for (patient, _) in slice {
                 session
@@ -286,7 +286,7 @@ pub async fn run(config: &ChildrenConfig) -> anyhow::Result<ChildrenReport> {
         }
         let mut real_tokens = Vec::new();
         for r in 0..config.real_children {
-            real_tokens.push(feedsync_node::parent::add_child(&mut session, &format!("real-{r:02}"), &[], false).await?);
+            real_tokens.push(feedsync_node::parent::add_child(&mut session, &format!("real-{r:02}"), &feedsync_sim::network::trusted_categories(), false).await?);
         }
         let metadata = metadata_rows(&mut session).await?;
         drop(session);

@@ -89,7 +89,7 @@ pub async fn last_event(session: &mut Session) -> anyhow::Result<i64> {
 /// token, as `feed-publisher child add` does.
 pub async fn register_child(database: &Database, name: &str) -> anyhow::Result<String> {
     let mut session = database.session().await?;
-    Ok(feedsync_node::parent::add_child(&mut session, name, &[], false).await?)
+    Ok(feedsync_node::parent::add_child(&mut session, name, &feedsync_sim::network::trusted_categories(), false).await?)
 }
 
 /// Rounds a real child runs at setup to catch up with its parent at most.

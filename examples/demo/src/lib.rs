@@ -382,7 +382,7 @@ async fn setup(
     ));
     let mut tokens = Vec::new();
     for facility in facilities {
-        tokens.push(parent_network::add_child(&mut session, facility.name, &[], false).await.with_context(|| format!("registering {}", facility.name))?);
+        tokens.push(parent_network::add_child(&mut session, facility.name, &["*".to_owned(), feedsync_wire::network::PRIVILEGED_GRANT.to_owned()], false).await.with_context(|| format!("registering {}", facility.name))?);
     }
     drop(session);
     let tokens_file = options.dir.join("tokens.txt");

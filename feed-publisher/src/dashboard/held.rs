@@ -174,7 +174,9 @@ pub(super) async fn retry_held_here(app: &App, session: &mut Session, id: i64) -
         ));
     }
     let peer = held.peer.clone();
-    let receiver = Receiver { model: &app.model, from: Side::Child, peer: &peer, policy: &app.config.network };
+    // The child's catchment still limits what it wrote: an operator's retry is not a grant.
+    let limited = network::child_by_name(session, &peer).await.map_err(admin_error)?.is_none_or(|(child, _)| !child.all_patients);
+    let receiver = Receiver { model: &app.model, from: Side::Child, peer: &peer, policy: &app.config.network, catchment_of: limited.then_some(peer.as_str()) };
     session.read_committed().await?;
     session.begin().await?;
     let outcome = async {

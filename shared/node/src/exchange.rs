@@ -274,6 +274,10 @@ pub struct Receiver<'a> {
     /// The peer's name as conflict records show it (`parent`, or the child's name).
     pub peer: &'a str,
     pub policy: &'a PolicyConfig,
+    /// At a parent receiving from a child that holds only its catchment: that child's name.
+    /// Its writes to patients outside the catchment are held, not applied (`None`: the peer
+    /// may write every patient, as a parent or an `--all-patients` child may).
+    pub catchment_of: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -643,6 +647,11 @@ pub enum Attempt {
 /// Receives one item inside a savepoint: a refusal or a wait undoes only this item. Errors
 /// that mean the database is unavailable escape (the caller rolls back the whole message).
 pub async fn attempt(session: &mut Session, receiver: &Receiver<'_>, item: &Item, base: Option<&Base>, cache: &mut LookupCache) -> Result<Attempt, ApplyError> {
+    // The patient the row belongs to here, before the child's version is applied.
+    let before = match receiver.catchment_of {
+        Some(_) => Some(patient_here(session, receiver.model, item).await?),
+        None => None,
+    };
     session.execute_script("SAVEPOINT feedsync_item").await.map_err(|e| unavailable(item, e))?;
     let outcome = match receive(session, receiver, item, base, cache).await {
         // A deadlock has made MySQL roll back the whole transaction, savepoint included:
@@ -651,11 +660,32 @@ pub async fn attempt(session: &mut Session, receiver: &Receiver<'_>, item: &Item
         Err(e) if e.is_retryable() => return Err(e),
         other => other,
     };
-    let undo = !matches!(outcome, Ok(Received::Done { .. }));
+    // A child writes only the patients in its catchment (and registers new ones): checked on
+    // the row as it was and as it is now, so moving a row to another patient counts too.
+    let mut outside: Option<String> = None;
+    if let (Some(child), Some(before), Ok(Received::Done { .. })) = (receiver.catchment_of, &before, &outcome) {
+        let after = patient_here(session, receiver.model, item).await?;
+        let mut outside_patients = Vec::new();
+        for patient in catchment_checks(before.as_deref(), after.as_deref(), &item.table) {
+            if !in_catchment(session, child, patient).await.map_err(|e| unavailable(item, e))? {
+                outside_patients.push(patient.to_owned());
+            }
+        }
+        if let Some(patient) = outside_patients.first() {
+            outside = Some(format!(
+                "patient {patient} is not in {child}'s catchment: a child writes only the patients it registered, was given or fetched \
+                 (`feed-subscriber patient fetch {patient}` at {child} brings it into the catchment; or skip this change)"
+            ));
+        }
+    }
+    let undo = outside.is_some() || !matches!(outcome, Ok(Received::Done { .. }));
     if undo {
         session.execute_script("ROLLBACK TO SAVEPOINT feedsync_item").await.map_err(|e| unavailable(item, e))?;
     }
     session.execute_script("RELEASE SAVEPOINT feedsync_item").await.map_err(|e| unavailable(item, e))?;
+    if let Some(reason) = outside {
+        return Ok(Attempt::Refused(reason));
+    }
     match outcome {
         Ok(Received::Waiting { missing }) => {
             let names: Vec<String> = missing.iter().map(|(t, k)| format!("{t}/{k}")).collect();
@@ -665,6 +695,31 @@ pub async fn attempt(session: &mut Session, receiver: &Receiver<'_>, item: &Item
         Err(e) if e.is_retryable() => Err(e),
         Err(e) => Ok(Attempt::Refused(e.to_string())),
     }
+}
+
+/// The patients a child's write must have in its catchment: the row's patient before the write
+/// and after it, except a patient the write itself registers (a `patient` row that was not
+/// here). Pure.
+pub fn catchment_checks<'p>(before: Option<&'p str>, after: Option<&'p str>, table: &str) -> Vec<&'p str> {
+    let mut patients: Vec<&str> = before.into_iter().collect();
+    let registers = table == "patient" && before.is_none();
+    if let Some(after) = after
+        && before != Some(after)
+        && !registers
+    {
+        patients.push(after);
+    }
+    patients
+}
+
+/// The patient the row an item names belongs to here, if it exists and is patient data.
+async fn patient_here(session: &mut Session, model: &Model, item: &Item) -> Result<Option<String>, ApplyError> {
+    crate::parent::patient_of(session, model, &item.table, &item.key).await.map_err(|e| ApplyError::Unavailable { table: item.table.clone(), key: item.key.clone(), message: e.to_string() })
+}
+
+async fn in_catchment(session: &mut Session, child: &str, patient: &str) -> DbResult<bool> {
+    let sql = format!("SELECT 1 AS n FROM {CATCHMENT_TABLE} WHERE child = ? AND patient_uuid = ?");
+    Ok(!session.query(&sql, &[child.into(), patient.into()]).await?.is_empty())
 }
 
 fn unavailable(item: &Item, e: feedsync_db::DbError) -> ApplyError {
@@ -757,6 +812,20 @@ mod tests {
         assert!(is_network_origin("parent") && is_network_origin("child:x") && !is_network_origin("feed:abc"));
         assert!(valid_child_name("kigali_01") && !valid_child_name("") && !valid_child_name("a/b") && !valid_child_name(&"x".repeat(65)));
         assert!(category_allowed(&["*".into()], "obs") && category_allowed(&["obs".into()], "obs") && !category_allowed(&["person".into()], "obs"));
+        // A child's write is checked against the patient before and after, except a patient
+        // the write registers.
+        assert_eq!(catchment_checks(Some("p1"), Some("p1"), "person_name"), vec!["p1"]);
+        assert_eq!(catchment_checks(Some("p1"), Some("p2"), "obs"), vec!["p1", "p2"], "moving a row to another patient");
+        assert_eq!(catchment_checks(None, Some("p2"), "encounter"), vec!["p2"], "a new row for an existing patient");
+        assert_eq!(catchment_checks(None, Some("p3"), "patient"), Vec::<&str>::new(), "registering a new patient");
+        assert_eq!(catchment_checks(Some("p3"), Some("p3"), "patient"), vec!["p3"], "editing an existing one");
+        assert_eq!(catchment_checks(None, None, "location"), Vec::<&str>::new(), "metadata");
+        // Accounts, roles and privileges need an explicit grant: `*` is not one.
+        for privileged in feedsync_wire::network::PRIVILEGED_CATEGORIES {
+            assert!(!category_allowed(&["*".into()], privileged), "{privileged}");
+            assert!(category_allowed(&[privileged.into()], privileged) && category_allowed(&["*".into(), "privileged".into()], privileged), "{privileged}");
+            assert!(!category_allowed(&["privileged".into()], "obs"), "the grant is not a wildcard");
+        }
     }
 
     #[test]

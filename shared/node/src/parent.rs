@@ -566,7 +566,7 @@ pub async fn push_items(session: &mut Session, model: &Model, policy: &PolicyCon
         }
     }
     let origin = exchange::child_origin(&child.name);
-    let receiver = Receiver { model, from: Side::Child, peer: &child.name, policy };
+    let receiver = Receiver { model, from: Side::Child, peer: &child.name, policy, catchment_of: (!child.all_patients).then_some(child.name.as_str()) };
     let mut cache = LookupCache::default();
     let dialect = session.dialect();
     session.read_committed().await?;

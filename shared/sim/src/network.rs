@@ -34,7 +34,7 @@ impl Network {
         for name in names {
             let db = TestDatabase::create(source)?;
             let mut s = parent_db.database.session().await.unwrap();
-            let token = parent_network::add_child(&mut s, name, &[], false).await.unwrap();
+            let token = parent_network::add_child(&mut s, name, &trusted_categories(), false).await.unwrap();
             let url = format!("http://{}", publisher.addr);
             let node = ChildNode::new(db.database.clone(), model_of(&db.database).await, HttpParent::new(&url, &token));
             node.prepare().await.unwrap();
@@ -111,3 +111,9 @@ pub async fn run_workload(db: &Database, seed: u64, patients: usize) {
     workload::run(&mut s, &WorkloadConfig { seed, patients, visits_per_patient: 1, obs_per_encounter: 3, ..WorkloadConfig::default() }).await.unwrap();
 }
 
+/// The categories the test networks register children with: every one, accounts and roles
+/// included (their workloads create users at the facilities), as an operator grants a trusted
+/// facility with `child add --categories '*,privileged'`.
+pub fn trusted_categories() -> Vec<String> {
+    vec!["*".to_owned(), feedsync_wire::network::PRIVILEGED_GRANT.to_owned()]
+}

@@ -119,8 +119,23 @@ impl PolicyConfig {
     }
 }
 
+/// Categories whose rows give or change access: accounts, roles, privileges and server
+/// settings. A child writing them could make any user a "System Developer" everywhere, so `*`
+/// does not cover them: a child writes them only when registered with the category named, or
+/// with [`PRIVILEGED_GRANT`].
+pub const PRIVILEGED_CATEGORIES: [&str; 8] = ["user", "user_role", "user_property", "role", "role_role", "role_privilege", "privilege", "global_property"];
+
+/// In a child's categories, grants every one of [`PRIVILEGED_CATEGORIES`].
+pub const PRIVILEGED_GRANT: &str = "privileged";
+
+/// Whether a child registered with `categories` may write rows of `category`: `*` is every
+/// category but the privileged ones, which need naming (or [`PRIVILEGED_GRANT`]).
 pub fn category_allowed(categories: &[String], category: &str) -> bool {
-    categories.iter().any(|c| c == "*" || c == category)
+    if PRIVILEGED_CATEGORIES.contains(&category) {
+        categories.iter().any(|c| c == category || c == PRIVILEGED_GRANT)
+    } else {
+        categories.iter().any(|c| c == "*" || c == category)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
