@@ -14,7 +14,6 @@ use feedsync_node::exchange;
 use feedsync_wire::network::Item;
 use feedsync_sim::testdb::{Source, TestDatabase};
 use serde_json::{Value as Json, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ADMIN: &str = "/ws/feedsync/admin";
 
@@ -361,14 +360,14 @@ fn url_encode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-/// One request with the Host header given, as a browser on another name would send it.
-async fn raw(addr: SocketAddr, path: &str, host: &str, extra: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n").as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    (text.split_whitespace().nth(1).unwrap().parse().unwrap(), text)
+/// One request with the Host header given, as a browser on another name would send it; the
+/// answer's headers and body as one text.
+async fn raw(addr: SocketAddr, path: &str, host: &str, extra: &[(&str, &str)]) -> (u16, String) {
+    let mut headers = vec![("host", host)];
+    headers.extend_from_slice(extra);
+    let reply = http(addr, "GET", path, &headers, None).await;
+    let head: String = reply.headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    (reply.status, format!("{head}\r\n{}", reply.text()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,15 +406,15 @@ async fn pages_are_served_compressed_and_only_to_this_machine() {
     assert_eq!(overview["children"], json!([]));
     assert_eq!(ok(get(addr, "/held").await)["parent"]["held_total"], json!(0));
     // Without a token, only this machine: a rebinding host name or a local proxy is refused.
-    let (status, text) = raw(addr, &format!("{ADMIN}/overview"), "evil.example", "").await;
+    let (status, text) = raw(addr, &format!("{ADMIN}/overview"), "evil.example", &[]).await;
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("\"hint\"") && text.contains("FEEDSYNC_ADMIN_TOKEN"), "{text}");
-    let (status, text) = raw(addr, "/dashboard/", "evil.example:8086", "").await;
+    let (status, text) = raw(addr, "/dashboard/", "evil.example:8086", &[]).await;
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("text/html") && text.contains("data-testid=\"refusal\""), "{text}");
-    let (status, _) = raw(addr, &format!("{ADMIN}/overview"), &addr.to_string(), "X-Forwarded-For: 41.186.0.1\r\n").await;
+    let (status, _) = raw(addr, &format!("{ADMIN}/overview"), &addr.to_string(), &[("x-forwarded-for", "41.186.0.1")]).await;
     assert_eq!(status, 403);
-    let (status, _) = raw(addr, &format!("{ADMIN}/overview"), &format!("localhost:{}", addr.port()), "").await;
+    let (status, _) = raw(addr, &format!("{ADMIN}/overview"), &format!("localhost:{}", addr.port()), &[]).await;
     assert_eq!(status, 200);
     // The login page has nothing to do without a token.
     let login = http(addr, "GET", "/dashboard/login", &[], None).await;

@@ -9,13 +9,15 @@
 //! skipped otherwise. FEEDSYNC_QUICKSTART_REPO clones another repository (e.g. a scratch commit
 //! of uncommitted work) instead of the one this test was built from.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use feedsync_http::ClientError;
+use feedsync_sim::publisher::{HttpReply, try_http};
 use feedsync_sim::testdb::in_ci;
 
 /// The clone's first build: every workspace crate in release, on a busy machine.
@@ -61,38 +63,25 @@ fn address_in(line: &str) -> Option<SocketAddr> {
     authority.parse::<SocketAddr>().ok().filter(|a| a.port() != 0)
 }
 
-/// One HTTP/1.1 GET; returns the status and the whole response.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n")?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, text))
+/// One HTTP/1.1 GET through the toolkit's client, on a runtime of its own (this test is
+/// synchronous); `Err` while nothing answers yet.
+fn get(addr: SocketAddr, path: &str) -> Result<HttpReply, ClientError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for one request");
+    runtime.block_on(try_http(addr, "GET", path, &[("accept", "*/*")], None))
 }
 
-/// The body of a whole response.
-fn body(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
-}
-
-/// GET following redirects on the same server, as a browser opening the address would.
-fn get_following(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
+/// GET following redirects on the same server, as a browser opening the address would: the
+/// status, the path that answered and the body.
+fn get_following(addr: SocketAddr, path: &str) -> Result<(u16, String, String), String> {
     let mut path = path.to_owned();
     for _ in 0..5 {
-        let (status, text) = get(addr, &path)?;
-        let location = text.lines().take_while(|l| !l.is_empty()).find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("location").then(|| value.trim().to_owned())
-        });
-        match location {
-            Some(next) if (300..400).contains(&status) => path = next,
-            _ => return Ok((status, path, text)),
+        let reply = get(addr, &path).map_err(|e| e.to_string())?;
+        match reply.headers.get("location") {
+            Some(next) if (300..400).contains(&reply.status) => path = next.clone(),
+            _ => return Ok((reply.status, path, reply.text())),
         }
     }
-    Err(std::io::Error::other(format!("too many redirects from {path}")))
+    Err(format!("too many redirects from {path}"))
 }
 
 /// A command run with `sh -c "exec ..."` in the clone (so its pid is the program's own: `cargo
@@ -246,10 +235,10 @@ fn readme_quick_start_from_a_fresh_clone_serves_the_dashboard() {
     // dashboard lists (the network demo's facilities) has finished a round with it and
     // reported it.
     loop {
-        let (status, feed) = get(addr, "/ws/atomfeed/all/recent").unwrap();
-        let (overview_status, overview) = get(addr, "/ws/feedsync/admin/overview").unwrap();
+        let (feed, overview) = (get(addr, "/ws/atomfeed/all/recent").unwrap(), get(addr, "/ws/feedsync/admin/overview").unwrap());
+        let (status, feed, overview_status, overview) = (feed.status, feed.text(), overview.status, overview.text());
         assert_eq!((status, overview_status), (200, 200), "the feed and the dashboard's overview answer:\n{feed}\n{overview}");
-        let overview: serde_json::Value = serde_json::from_str(body(&overview)).unwrap_or_else(|e| panic!("the overview is not JSON ({e}): {overview}"));
+        let overview: serde_json::Value = serde_json::from_str(&overview).unwrap_or_else(|e| panic!("the overview is not JSON ({e}): {overview}"));
         let children = overview["children"].as_array().cloned().unwrap_or_default();
         if feed.contains("<entry>") && children.iter().all(|c| !c["reported_at"].is_null()) {
             println!("up: the feed has entries; children that reported a round: {}", children.len());

@@ -24,12 +24,11 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
 use feedsync_db::{DbError, Dialect, Session};
+use feedsync_http::{ClientError, ClientLimits, HttpClient, status_is_retryable};
 
 use feedsync_core::alerts::{self, Alert, Event, Facts, QUEUE_PENDING_PUSH, QUEUE_WAITING_TO_CHILD, Transitions};
 use feedsync_node::clock::age_s;
@@ -307,7 +306,8 @@ impl Webhook {
         let timeout = Duration::from_millis(config.webhook_timeout_ms);
         let attempts_max = config.webhook_attempts_max.max(1);
         let task = tokio::spawn(async move {
-            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+            let limits = ClientLimits { request_timeout_ms: timeout.as_millis() as u64, ..ClientLimits::default() };
+            let client = HttpClient::new(limits).with_user_agent(USER_AGENT);
             while let Some(message) = receiver.recv().await {
                 for attempt in 1..=attempts_max {
                     match post(&client, &url, &message, timeout).await {
@@ -353,30 +353,31 @@ impl Webhook {
     }
 }
 
-type WebhookClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+/// Sent with every webhook POST, so the receiver's log shows who is calling.
+const USER_AGENT: &str = "feedsync feed-publisher";
+/// Bytes of the webhook's answer read: it is not needed, but reading it lets the connection be
+/// reused.
+const WEBHOOK_ANSWER_BYTES_MAX: usize = 64 * 1024;
 
 /// One POST; `Err((why, retryable))` unless the answer is 2xx. A 4xx other than 408 and 429 is
 /// not retried: the same message would be refused again.
-async fn post(client: &WebhookClient, url: &str, message: &WebhookMessage, timeout: Duration) -> Result<u16, (String, bool)> {
-    let request = Request::post(url)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::USER_AGENT, "feedsync feed-publisher")
-        .header("idempotency-key", message.idempotency_key.as_str())
-        .body(Full::new(Bytes::from(message.body.clone())))
-        .map_err(|e| (format!("bad webhook request: {e}"), false))?;
-    let exchange = async {
-        let response = client.request(request).await.map_err(|e| (format!("{e}"), true))?;
-        let status = response.status();
-        // The answer's body is not needed, but reading it lets the connection be reused.
-        let _ = http_body_util::Limited::new(response.into_body(), 64 * 1024).collect().await;
-        Ok::<StatusCode, (String, bool)>(status)
+async fn post(client: &HttpClient, url: &str, message: &WebhookMessage, timeout: Duration) -> Result<u16, (String, bool)> {
+    let request = feedsync_http::Request::new("POST", url)
+        .header("content-type", "application/json")
+        .header("idempotency-key", &message.idempotency_key)
+        .body(message.body.clone())
+        .keep_answer_bytes(WEBHOOK_ANSWER_BYTES_MAX);
+    let status = match client.send_once(request).await {
+        Ok(response) => response.status,
+        Err(ClientError::Timeout { .. }) => return Err((format!("no answer within {} ms", timeout.as_millis()), true)),
+        Err(ClientError::Request { message, .. }) => return Err((format!("bad webhook request: {message}"), false)),
+        Err(e @ (ClientError::Connect { .. } | ClientError::Transport { .. })) => return Err((e.to_string(), true)),
+        Err(e) => return Err((e.to_string(), e.is_retryable())),
     };
-    let status = tokio::time::timeout(timeout, exchange).await.map_err(|_| (format!("no answer within {} ms", timeout.as_millis()), true))??;
     if status.is_success() {
         return Ok(status.as_u16());
     }
-    let retryable = status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS;
-    Err((format!("answered {status}"), retryable))
+    Err((format!("answered {status}"), status_is_retryable(status.as_u16())))
 }
 
 // ---- the route ----

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use feed_subscriber::client::HttpClient;
 use feed_subscriber::config::Config;
 use feed_subscriber::engine::Subscriber;
 use feed_subscriber::network::{ChildNode, HttpParent};
@@ -271,7 +270,7 @@ async fn run_into_sink(config: &Config, spec: &str, state_db: Option<&str>, once
     let state_url = state_db.context("--sink needs --state-db URL (sqlite://FILE or mysql://...): the markers are kept there")?;
     let state_db = Database::from_url(state_url)?;
     let mut sink = sink::open_sink(spec)?;
-    let mut client = HttpClient::new(Default::default());
+    let mut client = feed_subscriber::client::subscriber_client(Default::default());
     if let Ok(credentials) = std::env::var("FEEDSYNC_FEED_CREDENTIALS") {
         client = client.with_basic_auth(&credentials);
     }
@@ -355,7 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (metrics, _metrics_stop) = start_metrics(args.metrics_listen.as_deref(), &database).await?;
             let password = std::env::var("FEEDSYNC_OPENMRS_PASSWORD").ok();
             let notifier = config.notifier_config(&database, password.as_deref()).map(Notifier::new);
-            let mut subscriber = Subscriber::new(database, model, HttpClient::new(Default::default()), config.path_prefix.clone());
+            let mut subscriber = Subscriber::new(database, model, feed_subscriber::client::subscriber_client(Default::default()), config.path_prefix.clone());
             if let Some((notifier, _)) = &notifier {
                 subscriber = subscriber.with_notifier(notifier.clone());
             }

@@ -80,7 +80,7 @@ pub struct HttpParent {
 impl HttpParent {
     pub fn new(parent_url: &str, token: &str) -> HttpParent {
         let limits = crate::client::ClientLimits { response_bytes_max: 256 << 20, ..Default::default() };
-        HttpParent { client: HttpClient::new(limits).with_bearer(token), base: parent_url.trim_end_matches('/').to_owned() }
+        HttpParent { client: crate::client::subscriber_client(limits).with_bearer(token), base: parent_url.trim_end_matches('/').to_owned() }
     }
 
     fn url(&self, path: &str) -> String {

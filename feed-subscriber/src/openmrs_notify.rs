@@ -405,7 +405,7 @@ impl Notifier {
             counters: Counters::default(),
         });
         let limits = ClientLimits { request_timeout_ms: config.request_timeout_ms, response_bytes_max: 1 << 20, ..ClientLimits::default() };
-        let mut client = HttpClient::new(limits);
+        let mut client = crate::client::subscriber_client(limits);
         if let Some(user_password) = &config.user_password {
             client = client.with_basic_auth(user_password);
         }

@@ -3,6 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use feedsync_sim::publisher::try_http;
 use feedsync_sim::testdb::unique_name;
 
 const PUBLISHER_DEMO: &str = env!("CARGO_BIN_EXE_feedsync-publisher-demo");
@@ -19,12 +20,12 @@ fn demo_comes_up_and_serves_the_simulated_clinic() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let body = loop {
-        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::{Read, Write};
-            write!(stream, "GET /ws/atomfeed/patient/recent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-            let mut text = String::new();
-            stream.read_to_string(&mut text).unwrap();
+        // Err while the demo is not listening yet.
+        if let Ok(reply) = runtime.block_on(try_http(addr, "GET", "/ws/atomfeed/patient/recent", &[("host", "x")], None)) {
+            let text = reply.text();
             if text.contains("<entry>") {
                 break text;
             }

@@ -11,26 +11,20 @@
 //! will not change, and stops the run naming the first entry of the request. A batch whose JSON
 //! is over `body_bytes_max` goes in several requests, each with its own key.
 //!
-//! The POST is made here rather than through [`crate::client::HttpClient`], whose `post_json`
-//! cannot send the `Idempotency-Key` header; redirects are not followed (a POST must not turn
-//! into a GET), so the configured URL must be the final one.
+//! Each POST is one [`HttpClient::send_once`] of the toolkit's client (its own retries and
+//! redirects are not used: this sink keeps its own retry policy, and a POST must not turn
+//! into a GET, so the configured URL must be the final one).
 
 use std::ops::Range;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use feedsync_wire::hex;
 
-use crate::client::USER_AGENT;
+use crate::client::{ClientError, ClientLimits, HttpClient, Request, subscriber_client};
 use crate::sink::{Delivery, RetryPolicy, Sink, SinkError};
 
 /// Named limits; [`Default`] suits a receiver on the same network.
@@ -67,7 +61,7 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// See the module documentation.
 pub struct WebhookSink {
     url: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     /// Sent with every request, e.g. an `Authorization` token.
     headers: HeaderMap,
     limits: WebhookLimits,
@@ -96,9 +90,7 @@ impl WebhookSink {
         if parsed.scheme() != "http" {
             return Err(SinkError::permanent(format!("webhook URL {url:?}: only http:// is supported; put a TLS-terminating proxy on this machine for https")));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(limits.request_timeout_ms)));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = subscriber_client(ClientLimits { request_timeout_ms: limits.request_timeout_ms, ..ClientLimits::default() });
         Ok(WebhookSink { url: parsed.to_string(), client, headers: HeaderMap::new(), limits, requests_accepted: 0 })
     }
 
@@ -119,30 +111,30 @@ impl WebhookSink {
 
     /// One POST; `Ok` on 2xx.
     async fn post(&self, body: Bytes, idempotency_key: &str) -> Result<(), SinkError> {
-        let mut builder = Request::builder()
-            .method(Method::POST)
-            .uri(&self.url)
-            .header(header::USER_AGENT, USER_AGENT)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(IDEMPOTENCY_KEY_HEADER, idempotency_key);
-        for (name, value) in &self.headers {
-            builder = builder.header(name, value.clone());
-        }
-        let request = builder.body(Full::new(body)).map_err(|e| SinkError::permanent(format!("the request to {} cannot be built: {e}", self.url)))?;
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| SinkError::retryable(format!("POST {} failed: {}", self.url, error_chain(&e))))?;
-            let status = response.status().as_u16();
+        let request = Request::new("POST", &self.url)
+            .header("content-type", "application/json")
+            .header(IDEMPOTENCY_KEY_HEADER, idempotency_key)
+            .headers(&self.headers)
+            .body(body)
             // Only for the message: a receiver's long answer is cut, never an error itself.
-            let answer = Limited::new(response.into_body(), ANSWER_BYTES_MAX).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            Ok::<_, SinkError>((status, answer))
-        };
-        let timeout_ms = self.limits.request_timeout_ms;
-        let (status, answer) = tokio::time::timeout(Duration::from_millis(timeout_ms), exchange)
-            .await
-            .map_err(|_| SinkError::retryable(format!("POST {} got no answer within {timeout_ms} ms", self.url)))??;
-        match answer_error(&self.url, status, &answer) {
+            .keep_answer_bytes(ANSWER_BYTES_MAX);
+        let response = self.client.send_once(request).await.map_err(|e| self.send_error(e))?;
+        match answer_error(&self.url, response.status.as_u16(), &response.body) {
             None => Ok(()),
             Some(error) => Err(error),
+        }
+    }
+
+    /// What kept an answer from arriving, in this sink's terms.
+    fn send_error(&self, error: ClientError) -> SinkError {
+        match error {
+            ClientError::Timeout { timeout_ms, .. } => SinkError::retryable(format!("POST {} got no answer within {timeout_ms} ms", self.url)),
+            ClientError::Connect { message, .. } | ClientError::Transport { message, .. } => {
+                SinkError::retryable(format!("POST {} failed: {message}", self.url))
+            }
+            ClientError::Request { message, .. } => SinkError::permanent(format!("the request to {} cannot be built: {message}", self.url)),
+            other if other.is_retryable() => SinkError::retryable(other.to_string()),
+            other => SinkError::permanent(other.to_string()),
         }
     }
 }
@@ -193,7 +185,7 @@ pub fn answer_error(url: &str, status: u16, answer: &[u8]) -> Option<SinkError> 
     let message = |advice: &str| format!("{url} answered {status}: {said:?}; {advice}");
     match status {
         200..=299 => None,
-        408 | 429 | 500..=599 => Some(SinkError::retryable(message("retrying later may help"))),
+        _ if feedsync_http::status_is_retryable(status) => Some(SinkError::retryable(message("retrying later may help"))),
         300..=399 => Some(SinkError::permanent(message("a POST is not redirected; configure the URL it points to"))),
         401 | 403 => Some(SinkError::permanent(message("check the credentials configured for the webhook"))),
         _ => Some(SinkError::permanent(message("the receiver refuses this request; retrying will not help"))),
@@ -250,18 +242,6 @@ pub fn batch_idempotency_key<'a>(entry_ids: impl Iterator<Item = &'a str>) -> St
         hasher.update(id.as_bytes());
     }
     hex(&hasher.finalize())
-}
-
-/// hyper's top-level message is generic ("client error (Connect)"); the cause is in the chain.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
 //! Test support for this crate's tests, the subscriber's and the benchmarks: a publisher on a
-//! test database served on a loopback port, a minimal HTTP/1.1 client (so tests exercise the
-//! real server, not a mock), a feed walker that follows links as an Atom client does, an
+//! test database served on a loopback port, [`http`] (one request through the toolkit's own
+//! client, `feedsync-http`, showing every status and header, so tests exercise the real
+//! server, not a mock), a feed walker that follows links as an Atom client does, an
 //! independent reader of database rows to check resources against, and a TCP proxy that can
 //! take a database "down".
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use feedsync_db::{Database, Session, Value};
 use feedsync_core::model::Model;
 use feedsync_core::profile::Profile;
 use crate::workload::{Op, Write};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use feedsync_http::{ClientError, ClientLimits, HttpClient, HttpResponse, Request};
 
 pub struct Publisher {
     pub addr: SocketAddr,
@@ -78,59 +78,46 @@ impl HttpReply {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection; gzip bodies are decoded (and flagged in headers).
-pub async fn http(addr: SocketAddr, method: &str, path: &str, extra_headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpReply {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in extra_headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        request.push_str(&format!("Content-Length: {}\r\nContent-Type: application/json\r\n", b.len()));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    if let Some(b) = body {
-        // The server may answer (413) and close before reading everything: that is fine.
-        let _ = stream.write_all(b).await;
-    }
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw).await;
-    parse_response(&raw)
-}
+/// Largest answer a test reads: a whole feed page or batch of a big workload fits.
+const TEST_RESPONSE_BYTES_MAX: usize = 256 << 20;
+/// Longest a test waits for one answer; a stuck server fails the test rather than hangs it.
+const TEST_REQUEST_TIMEOUT_MS: u64 = 120_000;
 
-fn parse_response(raw: &[u8]) -> HttpReply {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response has headers");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status: u16 = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        body = dechunk(&body);
-    }
-    if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
-        let mut decoded = Vec::new();
-        flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut decoded).expect("valid gzip");
-        body = decoded;
-    }
-    HttpReply { status, headers, body }
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
+impl From<HttpResponse> for HttpReply {
+    /// Header names in lower case (the last of a repeated name); a gzip body is decoded and
+    /// its `content-encoding` kept, so tests see what the server sent.
+    fn from(response: HttpResponse) -> HttpReply {
+        let mut headers: BTreeMap<String, String> =
+            response.headers.iter().map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).trim().to_owned())).collect();
+        if let Some(encoding) = response.decoded_from {
+            headers.insert("content-encoding".into(), encoding);
         }
-        out.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
-        body = &body[line_end + 2 + size + 2..];
+        HttpReply { status: response.status.as_u16(), headers, body: response.body.to_vec() }
     }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), as given: no redirect
+/// followed, every status an answer; `Content-Type: application/json` with a body unless
+/// `extra_headers` name one; gzip bodies are decoded (and flagged in headers). Panics when no
+/// answer comes.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, extra_headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpReply {
+    try_http(addr, method, path, extra_headers, body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`http`], returning what kept an answer from coming instead of panicking (for a server that
+/// may not be up yet).
+pub async fn try_http(addr: SocketAddr, method: &str, path: &str, extra_headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<HttpReply, ClientError> {
+    let mut request = Request::new(method, &format!("http://{addr}{path}")).header("connection", "close");
+    for (name, value) in extra_headers {
+        request = request.header(name, value);
+    }
+    if let Some(body) = body {
+        request = request.body(body.to_vec());
+    }
+    // A client per request: each test has its own runtime, and a pooled connection must not
+    // outlive the runtime it was made on.
+    let limits = ClientLimits { response_bytes_max: TEST_RESPONSE_BYTES_MAX, request_timeout_ms: TEST_REQUEST_TIMEOUT_MS, ..ClientLimits::default() };
+    HttpClient::new(limits).send_once(request).await.map(HttpReply::from)
 }
 
 /// One entry as a feed reader sees it.
