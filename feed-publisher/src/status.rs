@@ -27,7 +27,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
-use feedsync_db::{DbError, Dialect, Session};
+use feedsync_db::{DbError, Session};
 use feedsync_http::{ClientError, ClientLimits, HttpClient, status_is_retryable};
 
 use feedsync_core::alerts::{self, Alert, Event, Facts, QUEUE_PENDING_PUSH, QUEUE_WAITING_TO_CHILD, Transitions};
@@ -40,7 +40,7 @@ use crate::server::{App, HttpError, Reply};
 
 pub const STATUS_PATH: &str = "/ws/feedsync/status";
 /// The alert checker's table: queue observations and alerts announced.
-pub const ALERT_STATE_TABLE: &str = "feedsync_alert_state";
+pub use feedsync_db::tables::ALERT_STATE_TABLE;
 pub use feedsync_core::alerts::JOURNAL_STALL_S;
 /// Webhook messages waiting to be delivered at most; more are given up with an error in the log.
 pub const WEBHOOK_QUEUE_MAX: usize = 1_000;
@@ -98,22 +98,10 @@ fn facts(status: &Status, histories: &BTreeMap<String, Vec<i64>>) -> Facts {
 
 // ---- the alert state table ----
 
-fn state_ddl(dialect: Dialect) -> String {
-    match dialect {
-        Dialect::MySql => format!(
-            "CREATE TABLE IF NOT EXISTS {ALERT_STATE_TABLE} (name VARCHAR(191) NOT NULL PRIMARY KEY, value MEDIUMTEXT NOT NULL, \
-             updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-        ),
-        Dialect::Sqlite => format!(
-            "CREATE TABLE IF NOT EXISTS {ALERT_STATE_TABLE} (name TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL, \
-             updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))"
-        ),
-    }
-}
-
-/// Creates the alert state table if this database predates it.
+/// Creates the alert state table if this database predates it (its DDL is in
+/// `feedsync_db::tables`).
 pub async fn prepare(session: &mut Session) -> Result<(), DbError> {
-    session.execute_script(&state_ddl(session.dialect())).await
+    feedsync_db::tables::create(session, feedsync_db::tables::TableSet::AlertState).await
 }
 
 const HISTORY_PREFIX: &str = "history:";
@@ -125,16 +113,8 @@ pub(crate) fn history_name(child: &str, queue: &str) -> String {
 
 async fn put(session: &mut Session, name: &str, value: &str) -> Result<(), DbError> {
     let now = feedsync_core::sql::now_sql(session.dialect());
-    let sql = match session.dialect() {
-        Dialect::MySql => {
-            format!(
-                "INSERT INTO {ALERT_STATE_TABLE} (name, value, updated_at) VALUES (?, ?, {now}) ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = VALUES(updated_at)"
-            )
-        }
-        Dialect::Sqlite => format!(
-            "INSERT INTO {ALERT_STATE_TABLE} (name, value, updated_at) VALUES (?, ?, {now}) ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
-        ),
-    };
+    let upsert = feedsync_core::sql::upsert_suffix(session.dialect(), &["name"], &["value", "updated_at"]);
+    let sql = format!("INSERT INTO {ALERT_STATE_TABLE} (name, value, updated_at) VALUES (?, ?, {now}){upsert}");
     session.execute(&sql, &[name.into(), value.into()]).await?;
     Ok(())
 }

@@ -200,9 +200,7 @@ async fn network_status(session: &mut feedsync_db::Session) -> anyhow::Result<Op
     if !feed_subscriber::network::is_child(session).await? {
         return Ok(None);
     }
-    for ddl in feedsync_node::exchange::network_ddl(session.dialect()) {
-        session.execute_script(&ddl).await?;
-    }
+    feedsync_node::exchange::prepare_tables(session).await?;
     Ok(Some(feed_subscriber::network::exchange_position(session).await?))
 }
 

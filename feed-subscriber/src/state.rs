@@ -10,53 +10,16 @@ use feedsync_wire::hex;
 use feedsync_db::{DbResult, Dialect, Row, Session, Value};
 use sha2::{Digest, Sha256};
 
-pub const FEED_TABLE: &str = "feedsync_sub_feed";
-pub const CHANGE_TABLE: &str = "feedsync_sub_change";
+pub use feedsync_db::tables::{CHANGE_TABLE, FEED_TABLE};
 
 /// Longest wait between two attempts at a failed change.
 pub const RETRY_DELAY_MS_MAX: i64 = 3_600_000;
 /// First wait after a failure; doubled per attempt up to the maximum.
 pub const RETRY_DELAY_MS_FIRST: i64 = 5_000;
 
-pub fn ddl(dialect: Dialect) -> Vec<&'static str> {
-    match dialect {
-        Dialect::MySql => vec![
-            "CREATE TABLE IF NOT EXISTS feedsync_sub_feed (\
-               feed_id CHAR(64) NOT NULL PRIMARY KEY, feed_url TEXT NOT NULL, \
-               marker_entry_id VARCHAR(255) NULL, marker_page_url TEXT NULL, \
-               entries_read BIGINT NOT NULL DEFAULT 0, last_read_at DATETIME(3) NULL, last_error TEXT NULL\
-             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-            "CREATE TABLE IF NOT EXISTS feedsync_sub_change (\
-               change_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, feed_id CHAR(64) NOT NULL, \
-               entry_id VARCHAR(255) NOT NULL, table_name VARCHAR(64) NOT NULL, entity_key VARCHAR(512) NOT NULL, \
-               link TEXT NOT NULL, status VARCHAR(16) NOT NULL, reason TEXT NULL, waits_for TEXT NULL, \
-               attempts INT NOT NULL DEFAULT 0, next_attempt_at DATETIME(3) NULL, \
-               created_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), skip_reason TEXT NULL, \
-               KEY feedsync_sub_change_entity (table_name, entity_key(191))\
-             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-        ],
-        Dialect::Sqlite => vec![
-            "CREATE TABLE IF NOT EXISTS feedsync_sub_feed (\
-               feed_id TEXT NOT NULL PRIMARY KEY, feed_url TEXT NOT NULL, marker_entry_id TEXT NULL, \
-               marker_page_url TEXT NULL, entries_read INTEGER NOT NULL DEFAULT 0, last_read_at TEXT NULL, last_error TEXT NULL)",
-            "CREATE TABLE IF NOT EXISTS feedsync_sub_change (\
-               change_id INTEGER PRIMARY KEY AUTOINCREMENT, feed_id TEXT NOT NULL, entry_id TEXT NOT NULL, \
-               table_name TEXT NOT NULL, entity_key TEXT NOT NULL, link TEXT NOT NULL, status TEXT NOT NULL, \
-               reason TEXT NULL, waits_for TEXT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at TEXT NULL, \
-               created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), skip_reason TEXT NULL)",
-            "CREATE INDEX IF NOT EXISTS feedsync_sub_change_entity ON feedsync_sub_change (table_name, entity_key)",
-            // The origin marker's table (see capture::set_origin), in case the target has no
-            // publisher installed.
-            "CREATE TABLE IF NOT EXISTS feedsync_origin (origin TEXT NOT NULL)",
-        ],
-    }
-}
-
+/// Creates the state tables where they are missing (their DDL is in `feedsync_db::tables`).
 pub async fn prepare(session: &mut Session) -> DbResult<()> {
-    for statement in ddl(session.dialect()) {
-        session.execute_script(statement).await?;
-    }
-    Ok(())
+    feedsync_db::tables::create(session, feedsync_db::tables::TableSet::Subscriber).await
 }
 
 /// A feed's id in the state tables: its URL hashed (URLs are too long for a MySQL key).
@@ -357,11 +320,7 @@ pub fn retry_delay_ms(attempts: i64) -> i64 {
 }
 
 fn retry_due_sql(dialect: Dialect, attempts: i64) -> String {
-    let ms = retry_delay_ms(attempts);
-    match dialect {
-        Dialect::MySql => format!("UTC_TIMESTAMP(3) + INTERVAL {ms} * 1000 MICROSECOND"),
-        Dialect::Sqlite => format!("strftime('%Y-%m-%d %H:%M:%f', 'now', '+{:.3} seconds')", ms as f64 / 1000.0),
-    }
+    feedsync_core::sql::now_plus_ms_sql(dialect, retry_delay_ms(attempts))
 }
 
 /// The database's current UTC time in the state tables' text form.

@@ -6,41 +6,20 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use feedsync_db::{Dialect, Session, Value};
+use feedsync_db::{Session, Value};
 use feedsync_wire::network::RoundSummary;
 
 use crate::server::HttpError;
 
-/// This module's own table (reserved prefix; `uninstall` drops it with the others).
-pub const ROUND_TABLE: &str = "feedsync_dashboard_round";
+/// This module's own table (reserved prefix; `uninstall` drops it with the others; its DDL is
+/// in `feedsync_db::tables`).
+pub use feedsync_db::tables::ROUND_TABLE;
 /// Rounds kept per child; older ones are deleted as new ones are recorded.
 pub const ROUNDS_PER_CHILD_MAX: i64 = 200;
 
-fn round_ddl(dialect: Dialect) -> Vec<String> {
-    match dialect {
-        Dialect::MySql => vec![format!(
-            "CREATE TABLE IF NOT EXISTS {ROUND_TABLE} (round_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, child VARCHAR(64) NOT NULL, \
-             reported_at VARCHAR(32) NOT NULL, observed_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), summary TEXT NOT NULL, \
-             UNIQUE KEY feedsync_dashboard_round_report (child, reported_at), KEY feedsync_dashboard_round_child (child, round_id)\
-             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-        )],
-        Dialect::Sqlite => vec![
-            format!(
-                "CREATE TABLE IF NOT EXISTS {ROUND_TABLE} (round_id INTEGER PRIMARY KEY AUTOINCREMENT, child TEXT NOT NULL, reported_at TEXT NOT NULL, \
-                 observed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), summary TEXT NOT NULL)"
-            ),
-            format!("CREATE UNIQUE INDEX IF NOT EXISTS feedsync_dashboard_round_report ON {ROUND_TABLE} (child, reported_at)"),
-            format!("CREATE INDEX IF NOT EXISTS feedsync_dashboard_round_child ON {ROUND_TABLE} (child, round_id)"),
-        ],
-    }
-}
-
 /// Creates the dashboard's table; run once when the server starts ([`crate::server::App::new`]).
 pub(crate) async fn prepare(session: &mut Session) -> Result<(), feedsync_db::DbError> {
-    for ddl in round_ddl(session.dialect()) {
-        session.execute_script(&ddl).await?;
-    }
-    Ok(())
+    feedsync_db::tables::create(session, feedsync_db::tables::TableSet::DashboardRounds).await
 }
 
 /// One round as this module keeps it: the child's round summary plus the queues seen when the

@@ -73,9 +73,7 @@ pub async fn conflicts(command: ConflictsCommand) -> anyhow::Result<()> {
     };
     let database = feedsync_db::Database::from_url(&db)?;
     let mut session = database.session().await?;
-    for ddl in exchange::network_ddl(session.dialect()) {
-        session.execute_script(&ddl).await?;
-    }
+    exchange::prepare_tables(&mut session).await?;
     match command {
         ConflictsCommand::List { json, all, .. } => {
             let list = exchange::list_conflicts(&mut session, all, 10_000).await?;

@@ -412,7 +412,7 @@ impl Model {
                         None => value,
                     });
                 }
-                concat_sql(dialect, &pieces, JOIN_KEY_SEPARATOR)
+                crate::sql::concat_separated(dialect, &pieces, JOIN_KEY_SEPARATOR)
             }
         })
     }
@@ -488,26 +488,6 @@ fn column_sql(dialect: Dialect, entity: &Entity, source: &RowSource, column: &st
                 quote_ident(dialect, &entity.table),
                 condition.join(" AND ")
             )
-        }
-    }
-}
-
-fn concat_sql(dialect: Dialect, pieces: &[String], separator: char) -> String {
-    let sep = format!("'{separator}'");
-    match dialect {
-        Dialect::MySql => {
-            let mut args = Vec::new();
-            for (i, p) in pieces.iter().enumerate() {
-                if i > 0 {
-                    args.push(sep.clone());
-                }
-                args.push(p.clone());
-            }
-            format!("CONCAT({})", args.join(", "))
-        }
-        Dialect::Sqlite => {
-            let joined: Vec<String> = pieces.iter().map(|p| format!("({p})")).collect();
-            joined.join(&format!(" || {sep} || "))
         }
     }
 }

@@ -7,7 +7,8 @@
 //! Why an enum and not a trait object: async fns in traits are not object safe, and the set of
 //! backends is closed. Each backend lives in its own file with the same functions in the same
 //! order (`mysql.rs`, `sqlite.rs`), as sqlx keeps one folder per backend; `Session` only
-//! dispatches.
+//! dispatches. The toolkit's own `feedsync_*` tables are listed once in `tables.rs`, their
+//! DDL written per backend in those two files.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ pub use feedsync_core::sql::{Dialect, for_update, format_datetime, insert_ignore
 mod mysql;
 pub mod schema;
 mod sqlite;
+pub mod tables;
 
 /// One column value as the toolkit sees it. Dates and times are `Text` in the canonical
 /// `YYYY-MM-DD HH:MM:SS[.ffffff]` form on both backends, so hashes and comparisons agree.

@@ -1,6 +1,7 @@
 //! The schema as the live database reports it: tables, columns, primary keys and declared
 //! foreign keys, read from `information_schema` on MySQL/MariaDB and from pragmas on SQLite.
-//! This is the only place that asks a database about its structure.
+//! This is the only place that asks a database about its structure (also: which of the
+//! toolkit's own tables and triggers exist, and the name of the schema a session is in).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,46 @@ pub async fn read_schema(session: &mut Session, schema_name: &str) -> DbResult<S
         Dialect::MySql => read_mysql(session, schema_name).await,
         Dialect::Sqlite => read_sqlite(session).await,
     }
+}
+
+/// The name of the schema (MySQL database) the session is in, as [`read_schema`] wants it;
+/// empty on SQLite, which reads the one database the session has open.
+pub async fn current_schema_name(session: &mut Session) -> DbResult<String> {
+    match session.dialect() {
+        Dialect::MySql => {
+            let rows = session.query("SELECT DATABASE() AS name", &[]).await?;
+            Ok(rows.first().and_then(|r| r.text("name")).unwrap_or_default())
+        }
+        Dialect::Sqlite => Ok(String::new()),
+    }
+}
+
+/// The kinds of object the toolkit adds to a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Table,
+    Trigger,
+}
+
+/// Every object of a kind in the session's database whose name carries the toolkit's
+/// reserved prefix (`feedsync_`).
+pub async fn list_prefixed(session: &mut Session, kind: ObjectKind) -> DbResult<Vec<String>> {
+    let sql = match (session.dialect(), kind) {
+        (Dialect::MySql, ObjectKind::Table) => mysql_prefixed("TABLE_NAME", "information_schema.TABLES WHERE TABLE_SCHEMA"),
+        (Dialect::MySql, ObjectKind::Trigger) => mysql_prefixed("TRIGGER_NAME", "information_schema.TRIGGERS WHERE TRIGGER_SCHEMA"),
+        (Dialect::Sqlite, ObjectKind::Table) => sqlite_prefixed("table"),
+        (Dialect::Sqlite, ObjectKind::Trigger) => sqlite_prefixed("trigger"),
+    };
+    Ok(session.query(&sql, &[]).await?.iter().filter_map(|r| r.text("name")).collect())
+}
+
+fn mysql_prefixed(column: &str, from: &str) -> String {
+    // `_` is a LIKE wildcard: escaped, so `feedsyncX...` is not taken for ours.
+    format!("SELECT {column} AS name FROM {from} = DATABASE() AND {column} LIKE 'feedsync\\_%'")
+}
+
+fn sqlite_prefixed(kind: &str) -> String {
+    format!("SELECT name FROM sqlite_master WHERE type = '{kind}' AND name LIKE 'feedsync\\_%' ESCAPE '\\'")
 }
 
 async fn read_mysql(session: &mut Session, schema_name: &str) -> DbResult<Schema> {

@@ -1,11 +1,13 @@
 //! The SQLite backend (`rusqlite`): one connection per session, opened in WAL mode with a busy
-//! timeout, every call run on the blocking pool. The same functions as `mysql.rs`, in the
-//! same order; `lib.rs` dispatches to one or the other and nothing else in the workspace names
-//! the driver.
+//! timeout, every call run on the blocking pool; and the SQL text of the toolkit's own tables
+//! on SQLite (their DDL, the origin marker as a table, no row lock). The same functions as
+//! `mysql.rs`, in the same order; `lib.rs` and `tables.rs` dispatch to one or the other, and
+//! nothing else in the workspace names the driver.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::tables::*;
 use crate::{DbError, DbResult, Row, SQLITE_BUSY_TIMEOUT_MS, Value, sql_head};
 
 /// One connection, shared with the blocking task that runs each call.
@@ -127,4 +129,138 @@ fn query_blocking(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> r
         out.push(Row { columns: names.clone(), values });
     }
     Ok(out)
+}
+
+// ---- the toolkit's own tables and statements (SQL text; `tables.rs` dispatches) ----
+
+/// The statements creating a set's tables and indexes where they are missing, in order.
+pub(crate) fn create_tables(set: TableSet) -> Vec<String> {
+    match set {
+        TableSet::Capture => vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {JOURNAL_TABLE} (\
+                   journal_id INTEGER PRIMARY KEY AUTOINCREMENT, \
+                   table_name TEXT NOT NULL, action TEXT NOT NULL, entity_key TEXT NULL, row_key TEXT NULL, \
+                   patient_uuid TEXT NULL, location_uuid TEXT NULL, origin TEXT NULL, \
+                   changed_at TEXT NOT NULL DEFAULT ({NOW}))"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {EVENT_TABLE} (\
+                   event_seq INTEGER NOT NULL PRIMARY KEY, event_uuid TEXT NOT NULL, \
+                   table_name TEXT NOT NULL, category TEXT NOT NULL, action TEXT NOT NULL, \
+                   entity_key TEXT NOT NULL, patient_uuid TEXT NULL, location_uuid TEXT NULL, \
+                   origin TEXT NULL, changed_at TEXT NOT NULL, \
+                   category_page INTEGER NOT NULL, all_page INTEGER NOT NULL, content TEXT NOT NULL)"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS feedsync_event_category_page ON {EVENT_TABLE} (category, category_page, event_seq)"),
+            format!("CREATE INDEX IF NOT EXISTS feedsync_event_all_page ON {EVENT_TABLE} (all_page, event_seq)"),
+            format!("CREATE INDEX IF NOT EXISTS feedsync_event_entity ON {EVENT_TABLE} (table_name, entity_key)"),
+            format!("CREATE TABLE IF NOT EXISTS {PAGE_TABLE} (feed TEXT NOT NULL PRIMARY KEY, page INTEGER NOT NULL, entries INTEGER NOT NULL)"),
+            format!("CREATE TABLE IF NOT EXISTS {STATE_TABLE} (name TEXT NOT NULL PRIMARY KEY, value TEXT NULL)"),
+            origin_table_ddl(),
+        ],
+        TableSet::Network => vec![
+            format!("CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (through_seq INTEGER NOT NULL PRIMARY KEY, push TEXT NOT NULL)"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {COMMAND_TABLE} (command_id INTEGER PRIMARY KEY AUTOINCREMENT, child TEXT NOT NULL, action TEXT NOT NULL, \
+                 actor TEXT NOT NULL, created_at TEXT NOT NULL DEFAULT ({NOW}), done_at TEXT NULL, ok INTEGER NULL, message TEXT NULL)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {CHILD_TABLE} (name TEXT NOT NULL PRIMARY KEY, token_hash TEXT NOT NULL, categories TEXT NOT NULL, \
+                 all_patients INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL DEFAULT ({NOW}), \
+                 revoked_at TEXT NULL, acked_seq INTEGER NOT NULL DEFAULT 0, last_contact TEXT NULL, rules_checked_seq INTEGER NOT NULL DEFAULT 0, rules TEXT NULL, \
+                 pulled_after INTEGER NULL, report TEXT NULL, reported_at TEXT NULL)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {CATCHMENT_TABLE} (child TEXT NOT NULL, patient_uuid TEXT NOT NULL, reason TEXT NOT NULL, \
+                 added_at TEXT NOT NULL DEFAULT ({NOW}), needs_record INTEGER NOT NULL DEFAULT 0, \
+                 record_sent_through INTEGER NULL, PRIMARY KEY (child, patient_uuid))"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {BASE_TABLE} (table_name TEXT NOT NULL, entity_key TEXT NOT NULL, hash TEXT NULL, body TEXT NULL, \
+                 PRIMARY KEY (table_name, entity_key))"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {CONFLICT_TABLE} (conflict_id INTEGER PRIMARY KEY AUTOINCREMENT, table_name TEXT NOT NULL, \
+                 entity_key TEXT NOT NULL, category TEXT NOT NULL, site_side TEXT NOT NULL, peer TEXT NOT NULL, \
+                 detected_at TEXT NOT NULL DEFAULT ({NOW}), winner TEXT NOT NULL, \
+                 entity_conflict INTEGER NOT NULL, fields TEXT NOT NULL, base TEXT NULL, parent_version TEXT NULL, child_version TEXT NULL, \
+                 result TEXT NULL, status TEXT NOT NULL DEFAULT 'open', resolution TEXT NULL, resolved_at TEXT NULL)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (audit_id INTEGER PRIMARY KEY AUTOINCREMENT, \
+                 at TEXT NOT NULL DEFAULT ({NOW}), actor TEXT NOT NULL, action TEXT NOT NULL, \
+                 patient_uuid TEXT NULL, detail TEXT NULL)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {INBOX_TABLE} (inbox_id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL, \
+                 table_name TEXT NOT NULL, entity_key TEXT NOT NULL, item TEXT NOT NULL, reason TEXT NOT NULL, \
+                 attempts INTEGER NOT NULL DEFAULT 0, received_at TEXT NOT NULL DEFAULT ({NOW}))"
+            ),
+            // Kept with the network tables (MySQL has it in the events table itself): databases
+            // that predate the network got it when the network tables came.
+            format!("CREATE INDEX IF NOT EXISTS feedsync_event_patient ON {EVENT_TABLE} (patient_uuid, event_seq)"),
+        ],
+        TableSet::Subscriber => vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {FEED_TABLE} (\
+                   feed_id TEXT NOT NULL PRIMARY KEY, feed_url TEXT NOT NULL, marker_entry_id TEXT NULL, \
+                   marker_page_url TEXT NULL, entries_read INTEGER NOT NULL DEFAULT 0, last_read_at TEXT NULL, last_error TEXT NULL)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {CHANGE_TABLE} (\
+                   change_id INTEGER PRIMARY KEY AUTOINCREMENT, feed_id TEXT NOT NULL, entry_id TEXT NOT NULL, \
+                   table_name TEXT NOT NULL, entity_key TEXT NOT NULL, link TEXT NOT NULL, status TEXT NOT NULL, \
+                   reason TEXT NULL, waits_for TEXT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at TEXT NULL, \
+                   created_at TEXT NOT NULL DEFAULT ({NOW}), skip_reason TEXT NULL)"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS feedsync_sub_change_entity ON {CHANGE_TABLE} (table_name, entity_key)"),
+            // The target may have no publisher installed, and appliers mark their origin there.
+            origin_table_ddl(),
+        ],
+        TableSet::DashboardRounds => vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ROUND_TABLE} (round_id INTEGER PRIMARY KEY AUTOINCREMENT, child TEXT NOT NULL, reported_at TEXT NOT NULL, \
+                 observed_at TEXT NOT NULL DEFAULT ({NOW}), summary TEXT NOT NULL)"
+            ),
+            format!("CREATE UNIQUE INDEX IF NOT EXISTS feedsync_dashboard_round_report ON {ROUND_TABLE} (child, reported_at)"),
+            format!("CREATE INDEX IF NOT EXISTS feedsync_dashboard_round_child ON {ROUND_TABLE} (child, round_id)"),
+        ],
+        TableSet::AlertState => vec![format!(
+            "CREATE TABLE IF NOT EXISTS {ALERT_STATE_TABLE} (name TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL, \
+             updated_at TEXT NOT NULL DEFAULT ({NOW}))"
+        )],
+    }
+}
+
+/// The current UTC time in the datetime text form, as a column default.
+const NOW: &str = "strftime('%Y-%m-%d %H:%M:%f', 'now')";
+
+fn origin_table_ddl() -> String {
+    format!("CREATE TABLE IF NOT EXISTS {ORIGIN_TABLE} (origin TEXT NOT NULL)")
+}
+
+/// The writing transaction's origin, as a trigger body reads it: the one row of the origin
+/// table (SQLite has no session variables; only the writer's own transaction sees the row).
+pub(crate) fn origin_sql() -> String {
+    format!("(SELECT origin FROM {ORIGIN_TABLE} LIMIT 1)")
+}
+
+/// Sets the origin; the last statement takes the origin as its one parameter.
+pub(crate) fn set_origin_sql() -> Vec<String> {
+    vec![format!("DELETE FROM {ORIGIN_TABLE}"), format!("INSERT INTO {ORIGIN_TABLE} (origin) VALUES (?)")]
+}
+
+pub(crate) fn clear_origin_sql() -> String {
+    format!("DELETE FROM {ORIGIN_TABLE}")
+}
+
+/// No row to prepare: the writing transaction holds the whole database.
+pub(crate) fn ensure_state_row_sql() -> Option<String> {
+    None
+}
+
+/// No row lock: the writing transaction holds the whole database.
+pub(crate) fn lock_state_row_sql() -> Option<String> {
+    None
 }

@@ -1,6 +1,7 @@
-//! Change capture inside an OpenMRS database: the toolkit's own tables, the triggers that
-//! journal every committed insert, update and delete on published tables, the initial snapshot,
-//! uninstall, and the origin marker that tells local changes from applied ones.
+//! Change capture inside an OpenMRS database: the triggers that journal every committed
+//! insert, update and delete on published tables, install (the toolkit's own tables, whose DDL
+//! is in `feedsync_db::tables`, then the triggers) with the initial snapshot, uninstall, and
+//! the origin marker that tells local changes from applied ones.
 //!
 //! Why triggers: they see every writer (the OpenMRS API, direct SQL, scripts) on every supported
 //! server (MySQL 5.6+, MariaDB 10.x, SQLite) with no binlog configuration and nothing to purge:
@@ -15,103 +16,15 @@ use sha2::{Digest, Sha256};
 
 pub use feedsync_wire::hex;
 
+use feedsync_db::schema::{ObjectKind, list_prefixed};
+use feedsync_db::tables::{self, TableSet};
 use feedsync_db::{DbResult, Dialect, Session, quote_ident};
 use feedsync_core::model::{Entity, Identity, Model, RowSource};
 
-/// The reserved prefix of every table and trigger the toolkit adds to a database.
-pub const PREFIX: &str = "feedsync_";
-pub const JOURNAL_TABLE: &str = "feedsync_journal";
-pub const EVENT_TABLE: &str = "feedsync_event";
-pub const PAGE_TABLE: &str = "feedsync_page";
-pub const STATE_TABLE: &str = "feedsync_state";
-/// SQLite has no session variables: an applier inserts its origin here inside its own write
-/// transaction and deletes it before commit, so no other transaction ever sees the row.
-pub const ORIGIN_TABLE: &str = "feedsync_origin";
-/// The MySQL session variable an applier sets to its origin before writing.
-pub const MYSQL_ORIGIN_VARIABLE: &str = "@feedsync_origin";
+pub use feedsync_db::tables::{EVENT_TABLE, JOURNAL_TABLE, MYSQL_ORIGIN_VARIABLE, ORIGIN_TABLE, PAGE_TABLE, PREFIX, STATE_TABLE};
 /// Version of the capture layout; stored at install.
 pub const CAPTURE_VERSION: &str = "1";
 const MYSQL_IDENTIFIER_LENGTH_MAX: usize = 64;
-
-/// The toolkit's tables, in creation order.
-pub fn table_ddl(dialect: Dialect) -> Vec<String> {
-    let mut ddl = capture_ddl(dialect);
-    ddl.extend(crate::exchange::network_ddl(dialect));
-    ddl
-}
-
-fn capture_ddl(dialect: Dialect) -> Vec<String> {
-    match dialect {
-        Dialect::MySql => vec![
-            // journal_id orders changes only within what one reader sees; the sequencer,
-            // not this number, gives events their published order (see publisher::sequencer).
-            "CREATE TABLE IF NOT EXISTS feedsync_journal (\
-               journal_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
-               table_name VARCHAR(64) NOT NULL, \
-               action VARCHAR(16) NOT NULL, \
-               entity_key VARCHAR(512) NULL, \
-               row_key VARCHAR(512) NULL, \
-               patient_uuid VARCHAR(38) NULL, \
-               location_uuid VARCHAR(38) NULL, \
-               origin VARCHAR(128) NULL, \
-               changed_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)\
-             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-                .into(),
-            "CREATE TABLE IF NOT EXISTS feedsync_event (\
-               event_seq BIGINT NOT NULL PRIMARY KEY, \
-               event_uuid CHAR(36) NOT NULL, \
-               table_name VARCHAR(64) NOT NULL, \
-               category VARCHAR(64) NOT NULL, \
-               action VARCHAR(16) NOT NULL, \
-               entity_key VARCHAR(512) NOT NULL, \
-               patient_uuid VARCHAR(38) NULL, \
-               location_uuid VARCHAR(38) NULL, \
-               origin VARCHAR(128) NULL, \
-               changed_at DATETIME(3) NOT NULL, \
-               category_page BIGINT NOT NULL, \
-               all_page BIGINT NOT NULL, \
-               content TEXT NOT NULL, \
-               KEY feedsync_event_category_page (category, category_page, event_seq), \
-               KEY feedsync_event_all_page (all_page, event_seq), \
-               KEY feedsync_event_entity (table_name, entity_key(191)), \
-               KEY feedsync_event_patient (patient_uuid, event_seq)\
-             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-                .into(),
-            "CREATE TABLE IF NOT EXISTS feedsync_page (\
-               feed VARCHAR(64) NOT NULL PRIMARY KEY, \
-               page BIGINT NOT NULL, \
-               entries BIGINT NOT NULL\
-             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-                .into(),
-            "CREATE TABLE IF NOT EXISTS feedsync_state (\
-               name VARCHAR(191) NOT NULL PRIMARY KEY, \
-               value TEXT NULL\
-             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-                .into(),
-        ],
-        Dialect::Sqlite => vec![
-            "CREATE TABLE IF NOT EXISTS feedsync_journal (\
-               journal_id INTEGER PRIMARY KEY AUTOINCREMENT, \
-               table_name TEXT NOT NULL, action TEXT NOT NULL, entity_key TEXT NULL, row_key TEXT NULL, \
-               patient_uuid TEXT NULL, location_uuid TEXT NULL, origin TEXT NULL, \
-               changed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))"
-                .into(),
-            "CREATE TABLE IF NOT EXISTS feedsync_event (\
-               event_seq INTEGER NOT NULL PRIMARY KEY, event_uuid TEXT NOT NULL, \
-               table_name TEXT NOT NULL, category TEXT NOT NULL, action TEXT NOT NULL, \
-               entity_key TEXT NOT NULL, patient_uuid TEXT NULL, location_uuid TEXT NULL, \
-               origin TEXT NULL, changed_at TEXT NOT NULL, \
-               category_page INTEGER NOT NULL, all_page INTEGER NOT NULL, content TEXT NOT NULL)"
-                .into(),
-            "CREATE INDEX IF NOT EXISTS feedsync_event_category_page ON feedsync_event (category, category_page, event_seq)".into(),
-            "CREATE INDEX IF NOT EXISTS feedsync_event_all_page ON feedsync_event (all_page, event_seq)".into(),
-            "CREATE INDEX IF NOT EXISTS feedsync_event_entity ON feedsync_event (table_name, entity_key)".into(),
-            "CREATE TABLE IF NOT EXISTS feedsync_page (feed TEXT NOT NULL PRIMARY KEY, page INTEGER NOT NULL, entries INTEGER NOT NULL)".into(),
-            "CREATE TABLE IF NOT EXISTS feedsync_state (name TEXT NOT NULL PRIMARY KEY, value TEXT NULL)".into(),
-            "CREATE TABLE IF NOT EXISTS feedsync_origin (origin TEXT NOT NULL)".into(),
-        ],
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -175,13 +88,6 @@ fn action_sql(entity: &Entity, operation: Operation) -> String {
     }
 }
 
-fn origin_sql(dialect: Dialect) -> String {
-    match dialect {
-        Dialect::MySql => MYSQL_ORIGIN_VARIABLE.into(),
-        Dialect::Sqlite => format!("(SELECT origin FROM {ORIGIN_TABLE} LIMIT 1)"),
-    }
-}
-
 fn row_key_sql(dialect: Dialect, entity: &Entity, alias: &str) -> String {
     let columns: Vec<String> = entity
         .primary_key
@@ -191,10 +97,7 @@ fn row_key_sql(dialect: Dialect, entity: &Entity, alias: &str) -> String {
     if columns.is_empty() {
         return "NULL".into();
     }
-    match dialect {
-        Dialect::MySql => format!("CONCAT_WS(',', {})", columns.join(", ")),
-        Dialect::Sqlite => columns.join(" || ',' || "),
-    }
+    feedsync_core::sql::comma_joined(dialect, &columns)
 }
 
 /// The journal values for one row: (action, entity_key, row_key, patient_uuid, location_uuid).
@@ -217,14 +120,11 @@ pub fn trigger_sql(model: &Model, dialect: Dialect, table: &str, operation: Oper
     let insert = format!(
         "INSERT INTO {JOURNAL_TABLE} ({JOURNAL_COLUMNS}) VALUES ({}, {values}, {})",
         sql_string(table),
-        origin_sql(dialect)
+        tables::origin_sql(dialect)
     );
     let name = trigger_name(table, operation);
     let on = quote_ident(dialect, table);
-    Some(match dialect {
-        Dialect::MySql => format!("CREATE TRIGGER `{name}` AFTER {} ON {on} FOR EACH ROW {insert}", operation.keyword()),
-        Dialect::Sqlite => format!("CREATE TRIGGER \"{name}\" AFTER {} ON {on} FOR EACH ROW BEGIN {insert}; END", operation.keyword()),
-    })
+    Some(feedsync_core::sql::create_trigger_sql(dialect, &name, operation.keyword(), &on, &insert))
 }
 
 /// The statement journaling every existing row of a table, as the initial snapshot does.
@@ -264,10 +164,8 @@ pub async fn state(session: &mut Session, name: &str) -> DbResult<Option<String>
 }
 
 pub async fn set_state(session: &mut Session, name: &str, value: &str) -> DbResult<()> {
-    let sql = match session.dialect() {
-        Dialect::MySql => format!("INSERT INTO {STATE_TABLE} (name, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)"),
-        Dialect::Sqlite => format!("INSERT INTO {STATE_TABLE} (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value"),
-    };
+    let upsert = feedsync_core::sql::upsert_suffix(session.dialect(), &["name"], &["value"]);
+    let sql = format!("INSERT INTO {STATE_TABLE} (name, value) VALUES (?, ?){upsert}");
     session.execute(&sql, &[name.into(), value.into()]).await?;
     Ok(())
 }
@@ -278,9 +176,8 @@ pub async fn set_state(session: &mut Session, name: &str, value: &str) -> DbResu
 /// those tables re-snapshotted, which covers any write made while a trigger was being replaced).
 pub async fn install(session: &mut Session, model: &Model) -> DbResult<InstallReport> {
     let dialect = session.dialect();
-    for ddl in table_ddl(dialect) {
-        session.execute_script(&ddl).await?;
-    }
+    tables::create(session, TableSet::Capture).await?;
+    tables::create(session, TableSet::Network).await?;
     let mut report = InstallReport::default();
     let mut resnapshot = Vec::new();
     // Read what exists once: information_schema.TRIGGERS is slow to query per trigger.
@@ -365,20 +262,13 @@ fn drop_trigger_sql(dialect: Dialect, name: &str) -> String {
 
 /// Every trigger in the database carrying the toolkit's prefix.
 pub async fn list_triggers(session: &mut Session) -> DbResult<Vec<String>> {
-    list_prefixed(session, "TRIGGER_NAME", "information_schema.TRIGGERS WHERE TRIGGER_SCHEMA", "trigger").await
+    list_prefixed(session, ObjectKind::Trigger).await
 }
 
-/// Every table in the database carrying the toolkit's prefix.
+/// Every table in the database carrying the toolkit's prefix (every table of
+/// `feedsync_db::tables`, and any an older version left).
 pub async fn list_tables(session: &mut Session) -> DbResult<Vec<String>> {
-    list_prefixed(session, "TABLE_NAME", "information_schema.TABLES WHERE TABLE_SCHEMA", "table").await
-}
-
-async fn list_prefixed(session: &mut Session, mysql_column: &str, mysql_from: &str, sqlite_type: &str) -> DbResult<Vec<String>> {
-    let sql = match session.dialect() {
-        Dialect::MySql => format!("SELECT {mysql_column} AS name FROM {mysql_from} = DATABASE() AND {mysql_column} LIKE 'feedsync\\_%'"),
-        Dialect::Sqlite => format!("SELECT name FROM sqlite_master WHERE type = '{sqlite_type}' AND name LIKE 'feedsync\\_%' ESCAPE '\\'"),
-    };
-    Ok(session.query(&sql, &[]).await?.iter().filter_map(|r| r.text("name")).collect())
+    list_prefixed(session, ObjectKind::Table).await
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -407,24 +297,11 @@ pub async fn uninstall(session: &mut Session) -> DbResult<UninstallReport> {
 /// the local publisher can tell them from local changes. On SQLite call it inside the write
 /// transaction and call [`clear_origin`] before commit.
 pub async fn set_origin(session: &mut Session, origin: &str) -> DbResult<()> {
-    match session.dialect() {
-        Dialect::MySql => {
-            session.execute(&format!("SET {MYSQL_ORIGIN_VARIABLE} = ?"), &[origin.into()]).await?;
-        }
-        Dialect::Sqlite => {
-            session.execute(&format!("DELETE FROM {ORIGIN_TABLE}"), &[]).await?;
-            session.execute(&format!("INSERT INTO {ORIGIN_TABLE} (origin) VALUES (?)"), &[origin.into()]).await?;
-        }
-    }
-    Ok(())
+    tables::set_origin(session, origin).await
 }
 
 pub async fn clear_origin(session: &mut Session) -> DbResult<()> {
-    match session.dialect() {
-        Dialect::MySql => session.execute(&format!("SET {MYSQL_ORIGIN_VARIABLE} = NULL"), &[]).await?,
-        Dialect::Sqlite => session.execute(&format!("DELETE FROM {ORIGIN_TABLE}"), &[]).await?,
-    };
-    Ok(())
+    tables::clear_origin(session).await
 }
 
 /// Tables the model publishes that lack one of their triggers (e.g. a module installed after

@@ -22,22 +22,14 @@ use sha2::{Digest, Sha256};
 
 use crate::apply::{self, Applied, ApplyError};
 use feedsync_wire::hex;
-use feedsync_db::{DbResult, Dialect, Session, Value, quote_ident};
+use feedsync_db::{DbResult, Session, Value, quote_ident};
 use feedsync_core::merge::{self, Fields, Side, Version};
 use feedsync_core::model::Model;
 use crate::lookup::LookupCache;
 use feedsync_wire::network::{Base, Conflict, HeldItem, Item, PolicyConfig, PushRequest};
 use feedsync_wire::resource::{Resource, Tombstone, content_hash};
 
-pub const CHILD_TABLE: &str = "feedsync_child";
-pub const CATCHMENT_TABLE: &str = "feedsync_catchment";
-pub const BASE_TABLE: &str = "feedsync_base";
-pub const CONFLICT_TABLE: &str = "feedsync_conflict";
-pub const AUDIT_TABLE: &str = "feedsync_audit";
-pub const INBOX_TABLE: &str = "feedsync_inbox";
-pub const COMMAND_TABLE: &str = "feedsync_command";
-/// A child's push in flight: sent again, unchanged, when its answer was lost.
-pub const OUTBOX_TABLE: &str = "feedsync_outbox";
+pub use feedsync_db::tables::{AUDIT_TABLE, BASE_TABLE, CATCHMENT_TABLE, CHILD_TABLE, COMMAND_TABLE, CONFLICT_TABLE, INBOX_TABLE, OUTBOX_TABLE};
 
 /// The origin of writes applied from this node's parent.
 pub const ORIGIN_PARENT: &str = "parent";
@@ -56,103 +48,11 @@ pub fn is_network_origin(origin: &str) -> bool {
 
 // ---- tables ----
 
-/// The network tables, created with the capture tables (all carry the reserved prefix).
-pub fn network_ddl(dialect: Dialect) -> Vec<String> {
-    match dialect {
-        Dialect::MySql => vec![
-            format!(
-                "CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (through_seq BIGINT NOT NULL PRIMARY KEY, push LONGTEXT NOT NULL\
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {COMMAND_TABLE} (command_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, child VARCHAR(64) NOT NULL, \
-                 action TEXT NOT NULL, actor VARCHAR(128) NOT NULL, created_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), \
-                 done_at DATETIME(3) NULL, ok TINYINT NULL, message TEXT NULL, KEY feedsync_command_child (child, done_at)\
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {CHILD_TABLE} (name VARCHAR(64) NOT NULL PRIMARY KEY, token_hash CHAR(64) NOT NULL, \
-                 categories TEXT NOT NULL, all_patients TINYINT NOT NULL DEFAULT 0, created_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), \
-                 revoked_at DATETIME(3) NULL, acked_seq BIGINT NOT NULL DEFAULT 0, last_contact DATETIME(3) NULL, rules_checked_seq BIGINT NOT NULL DEFAULT 0, rules TEXT NULL, \
-                 pulled_after BIGINT NULL, report MEDIUMTEXT NULL, reported_at DATETIME(3) NULL\
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {CATCHMENT_TABLE} (child VARCHAR(64) NOT NULL, patient_uuid VARCHAR(38) NOT NULL, \
-                 reason VARCHAR(32) NOT NULL, added_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), needs_record TINYINT NOT NULL DEFAULT 0, \
-                 record_sent_through BIGINT NULL, PRIMARY KEY (child, patient_uuid)\
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {BASE_TABLE} (table_name VARCHAR(64) NOT NULL, entity_key VARCHAR(191) NOT NULL, \
-                 hash VARCHAR(80) NULL, body MEDIUMTEXT NULL, PRIMARY KEY (table_name, entity_key)\
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {CONFLICT_TABLE} (conflict_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
-                 table_name VARCHAR(64) NOT NULL, entity_key VARCHAR(512) NOT NULL, category VARCHAR(64) NOT NULL, \
-                 site_side VARCHAR(8) NOT NULL, peer VARCHAR(128) NOT NULL, detected_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), \
-                 winner VARCHAR(8) NOT NULL, entity_conflict TINYINT NOT NULL, fields TEXT NOT NULL, base MEDIUMTEXT NULL, \
-                 parent_version MEDIUMTEXT NULL, child_version MEDIUMTEXT NULL, result MEDIUMTEXT NULL, \
-                 status VARCHAR(16) NOT NULL DEFAULT 'open', resolution TEXT NULL, resolved_at DATETIME(3) NULL, \
-                 KEY feedsync_conflict_status (status, conflict_id)\
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (audit_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
-                 at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), actor VARCHAR(128) NOT NULL, action VARCHAR(32) NOT NULL, \
-                 patient_uuid VARCHAR(38) NULL, detail TEXT NULL\
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {INBOX_TABLE} (inbox_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
-                 peer VARCHAR(128) NOT NULL, table_name VARCHAR(64) NOT NULL, entity_key VARCHAR(512) NOT NULL, \
-                 item MEDIUMTEXT NOT NULL, reason TEXT NOT NULL, attempts INT NOT NULL DEFAULT 0, \
-                 received_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), KEY feedsync_inbox_peer (peer, inbox_id)\
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-            ),
-        ],
-        Dialect::Sqlite => vec![
-            format!("CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (through_seq INTEGER NOT NULL PRIMARY KEY, push TEXT NOT NULL)"),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {COMMAND_TABLE} (command_id INTEGER PRIMARY KEY AUTOINCREMENT, child TEXT NOT NULL, action TEXT NOT NULL, \
-                 actor TEXT NOT NULL, created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), done_at TEXT NULL, ok INTEGER NULL, message TEXT NULL)"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {CHILD_TABLE} (name TEXT NOT NULL PRIMARY KEY, token_hash TEXT NOT NULL, categories TEXT NOT NULL, \
-                 all_patients INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), \
-                 revoked_at TEXT NULL, acked_seq INTEGER NOT NULL DEFAULT 0, last_contact TEXT NULL, rules_checked_seq INTEGER NOT NULL DEFAULT 0, rules TEXT NULL, \
-                 pulled_after INTEGER NULL, report TEXT NULL, reported_at TEXT NULL)"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {CATCHMENT_TABLE} (child TEXT NOT NULL, patient_uuid TEXT NOT NULL, reason TEXT NOT NULL, \
-                 added_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), needs_record INTEGER NOT NULL DEFAULT 0, \
-                 record_sent_through INTEGER NULL, PRIMARY KEY (child, patient_uuid))"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {BASE_TABLE} (table_name TEXT NOT NULL, entity_key TEXT NOT NULL, hash TEXT NULL, body TEXT NULL, \
-                 PRIMARY KEY (table_name, entity_key))"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {CONFLICT_TABLE} (conflict_id INTEGER PRIMARY KEY AUTOINCREMENT, table_name TEXT NOT NULL, \
-                 entity_key TEXT NOT NULL, category TEXT NOT NULL, site_side TEXT NOT NULL, peer TEXT NOT NULL, \
-                 detected_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), winner TEXT NOT NULL, \
-                 entity_conflict INTEGER NOT NULL, fields TEXT NOT NULL, base TEXT NULL, parent_version TEXT NULL, child_version TEXT NULL, \
-                 result TEXT NULL, status TEXT NOT NULL DEFAULT 'open', resolution TEXT NULL, resolved_at TEXT NULL)"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (audit_id INTEGER PRIMARY KEY AUTOINCREMENT, \
-                 at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), actor TEXT NOT NULL, action TEXT NOT NULL, \
-                 patient_uuid TEXT NULL, detail TEXT NULL)"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {INBOX_TABLE} (inbox_id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL, \
-                 table_name TEXT NOT NULL, entity_key TEXT NOT NULL, item TEXT NOT NULL, reason TEXT NOT NULL, \
-                 attempts INTEGER NOT NULL DEFAULT 0, received_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))"
-            ),
-            "CREATE INDEX IF NOT EXISTS feedsync_event_patient ON feedsync_event (patient_uuid, event_seq)".into(),
-        ],
-    }
+/// Creates the network tables where they are missing (they come with the capture tables at
+/// `install`; a database that predates them gets them here). Their DDL is in
+/// `feedsync_db::tables`.
+pub async fn prepare_tables(session: &mut Session) -> DbResult<()> {
+    feedsync_db::tables::create(session, feedsync_db::tables::TableSet::Network).await
 }
 
 // ---- tokens ----
@@ -225,15 +125,8 @@ pub async fn store_base(session: &mut Session, table: &str, key: &str, version: 
         Some(r) => (Value::from(r.hash.clone()), Value::from(serde_json::to_string(&r.columns).expect("columns serialize"))),
         None => (Value::Null, Value::Null),
     };
-    let sql = match session.dialect() {
-        Dialect::MySql => format!(
-            "INSERT INTO {BASE_TABLE} (table_name, entity_key, hash, body) VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE hash = VALUES(hash), body = VALUES(body)"
-        ),
-        Dialect::Sqlite => format!(
-            "INSERT INTO {BASE_TABLE} (table_name, entity_key, hash, body) VALUES (?, ?, ?, ?) \
-             ON CONFLICT(table_name, entity_key) DO UPDATE SET hash = excluded.hash, body = excluded.body"
-        ),
-    };
+    let upsert = feedsync_core::sql::upsert_suffix(session.dialect(), &["table_name", "entity_key"], &["hash", "body"]);
+    let sql = format!("INSERT INTO {BASE_TABLE} (table_name, entity_key, hash, body) VALUES (?, ?, ?, ?){upsert}");
     session.execute(&sql, &[table.into(), key.into(), hash, body]).await?;
     Ok(())
 }

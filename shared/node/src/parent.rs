@@ -178,10 +178,7 @@ fn child_from_row(r: &feedsync_db::Row) -> Child {
 
 /// Creates the network tables if this database predates them (they come with `install`).
 pub async fn prepare(session: &mut Session) -> Result<(), feedsync_db::DbError> {
-    for ddl in exchange::network_ddl(session.dialect()) {
-        session.execute_script(&ddl).await?;
-    }
-    Ok(())
+    exchange::prepare_tables(session).await
 }
 
 

@@ -10,8 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::capture::{EVENT_TABLE, JOURNAL_TABLE, JournalRow, PAGE_TABLE, STATE_TABLE};
-use feedsync_db::{DbError, DbResult, Dialect, Session, Value};
+use crate::capture::{EVENT_TABLE, JOURNAL_TABLE, JournalRow, PAGE_TABLE};
+use feedsync_db::tables;
+use feedsync_db::{DbError, DbResult, Session, Value};
 use feedsync_core::model::Model;
 use feedsync_wire::resource::resource_path;
 
@@ -119,6 +120,9 @@ pub fn entry_content(config: &Config, category: &str, table: &str, key: &str, pa
     serde_json::Value::Object(links).to_string()
 }
 
+/// The `feedsync_state` row whose lock lets one sequencer at a time run per database.
+const SEQUENCER_LOCK_ROW: &str = "sequencer";
+
 const EVENT_COLUMNS: [&str; 13] = [
     "event_seq", "event_uuid", "table_name", "category", "action", "entity_key", "patient_uuid",
     "location_uuid", "origin", "changed_at", "category_page", "all_page", "content",
@@ -127,16 +131,13 @@ const EVENT_COLUMNS: [&str; 13] = [
 /// Publishes up to `sequencer_batch_rows_max` journal rows; returns how many were consumed
 /// (applied-from-feed rows are consumed without an event unless `publish_applied_changes`).
 pub async fn sequence_batch(session: &mut Session, model: &Model, config: &Config) -> DbResult<usize> {
-    let dialect = session.dialect();
-    if dialect == Dialect::MySql {
-        // READ COMMITTED: each statement sees the latest commits and takes no gap locks, so
-        // OpenMRS writers appending to the journal are never blocked by the sequencer.
-        session.execute_script("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
-        // Outside the transaction: an INSERT IGNORE there would take a shared lock on the row
-        // that the FOR UPDATE below must upgrade, and two sequencers (a district's publisher and
-        // its child rounds) would deadlock on the upgrade.
-        ensure_lock_row(session).await?;
-    }
+    // READ COMMITTED (MySQL): each statement sees the latest commits and takes no gap locks,
+    // so OpenMRS writers appending to the journal are never blocked by the sequencer.
+    session.read_committed().await?;
+    // Outside the transaction: an insert there would take a shared lock on the row that the
+    // lock below must upgrade, and two sequencers (a district's publisher and its child
+    // rounds) would deadlock on the upgrade.
+    tables::ensure_state_row(session, SEQUENCER_LOCK_ROW).await?;
     session.begin().await?;
     match sequence_in_transaction(session, model, config).await {
         Ok(n) => {
@@ -152,10 +153,8 @@ pub async fn sequence_batch(session: &mut Session, model: &Model, config: &Confi
 
 async fn sequence_in_transaction(session: &mut Session, model: &Model, config: &Config) -> DbResult<usize> {
     let dialect = session.dialect();
-    if dialect == Dialect::MySql {
-        // One sequencer at a time per database, even with two publishers running.
-        session.query(&format!("SELECT value FROM {STATE_TABLE} WHERE name = 'sequencer' FOR UPDATE"), &[]).await?;
-    }
+    // One sequencer at a time per database, even with two publishers running.
+    tables::lock_state_row(session, SEQUENCER_LOCK_ROW).await?;
     let limit = config.feed.sequencer_batch_rows_max;
     let journal: Vec<JournalRow> = session
         .query(&format!("SELECT * FROM {JOURNAL_TABLE} ORDER BY journal_id LIMIT {limit}"), &[])
@@ -221,16 +220,8 @@ async fn sequence_in_transaction(session: &mut Session, model: &Model, config: &
             continue;
         }
         let params = [feed.clone().into(), Value::Int(cursor.page), Value::Int(cursor.entries)];
-        let sql = match dialect {
-            Dialect::MySql => format!(
-                "INSERT INTO {PAGE_TABLE} (feed, page, entries) VALUES (?, ?, ?) \
-                 ON DUPLICATE KEY UPDATE page = VALUES(page), entries = VALUES(entries)"
-            ),
-            Dialect::Sqlite => format!(
-                "INSERT INTO {PAGE_TABLE} (feed, page, entries) VALUES (?, ?, ?) \
-                 ON CONFLICT(feed) DO UPDATE SET page = excluded.page, entries = excluded.entries"
-            ),
-        };
+        let upsert = feedsync_core::sql::upsert_suffix(dialect, &["feed"], &["page", "entries"]);
+        let sql = format!("INSERT INTO {PAGE_TABLE} (feed, page, entries) VALUES (?, ?, ?){upsert}");
         session.execute(&sql, &params).await?;
     }
     let ids: Vec<Value> = journal.iter().map(|j| Value::Int(j.journal_id)).collect();
@@ -268,11 +259,6 @@ async fn untag_non_patients(session: &mut Session, model: &Model, rows: &mut [Jo
             row.patient_uuid = None;
         }
     }
-    Ok(())
-}
-
-async fn ensure_lock_row(session: &mut Session) -> DbResult<()> {
-    session.execute(&format!("INSERT IGNORE INTO {STATE_TABLE} (name, value) VALUES ('sequencer', '')"), &[]).await?;
     Ok(())
 }
 

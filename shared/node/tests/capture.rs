@@ -80,7 +80,22 @@ async fn check_install_cycle(source: Source) {
     assert_eq!(rows[0].text("origin").as_deref(), Some("feed:parent"));
     assert_eq!(rows[0].text("entity_key").as_deref(), Some("default_locale"));
 
+    // Every toolkit table, whoever owns it, is found by the prefix scan uninstall uses.
+    for set in feedsync_db::tables::TableSet::ALL {
+        feedsync_db::tables::create(&mut s, set).await.unwrap();
+    }
+    let mut listed = capture::list_tables(&mut s).await.unwrap();
+    listed.sort();
+    let mut known: Vec<String> = feedsync_db::tables::all_tables()
+        .into_iter()
+        .filter(|t| s.dialect() == feedsync_db::Dialect::Sqlite || *t != capture::ORIGIN_TABLE)
+        .map(str::to_owned)
+        .collect();
+    known.sort();
+    assert_eq!(listed, known, "the prefix scan and feedsync_db::tables disagree");
+
     let removed = capture::uninstall(&mut s).await.unwrap();
+    assert_eq!(removed.tables_dropped, known.len());
     assert_eq!(removed.triggers_dropped, 3 * model.entities.len());
     assert_eq!(table_names(&mut s, db.schema_name()).await, before, "uninstall leaves exactly the original tables");
     assert!(capture::list_triggers(&mut s).await.unwrap().is_empty());

@@ -577,13 +577,7 @@ impl Workload<'_> {
     /// insert must give.
     async fn read_schema(&mut self) -> Result<(), WorkloadError> {
         // MySQL names the schema to read; SQLite reads the one database the session has open.
-        let schema_name = match self.session.dialect() {
-            Dialect::MySql => {
-                let rows = self.session.query("SELECT DATABASE() AS name", &[]).await.map_err(db_error(self.doing, "(schema name)"))?;
-                rows.first().and_then(|r| r.text("name")).unwrap_or_default()
-            }
-            Dialect::Sqlite => String::new(),
-        };
+        let schema_name = feedsync_db::schema::current_schema_name(self.session).await.map_err(db_error(self.doing, "(schema name)"))?;
         let mut schema = feedsync_db::schema::read_schema(self.session, &schema_name).await.map_err(db_error(self.doing, "(all written tables)"))?;
         for table in WRITTEN_TABLES {
             let name = schema.tables.keys().find(|name| name.eq_ignore_ascii_case(table)).cloned();
