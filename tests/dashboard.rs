@@ -430,7 +430,7 @@ fn with_an_admin_token_every_client_needs_it() {
     }
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "token_required_inner", "--nocapture", "--test-threads", "1"])
-        .env(ADMIN_TOKEN_ENV, "correct horse battery staple")
+        .env(ADMIN_TOKEN_ENV, "correct horse battery staple, and a little more")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -455,27 +455,50 @@ async fn token_required_inner() {
     assert!(page.text().contains("<form") && page.text().contains("<label for=\"token\""), "the refusal offers the login form: {}", page.text());
     let bearer = format!("Bearer {token}");
     ok(http(addr, "GET", &format!("{ADMIN}/overview"), &[("authorization", bearer.as_str())], None).await);
-    // Logging in sets a cookie holding a digest, not the token.
-    let wrong = http(addr, "GET", "/dashboard/login?token=nope", &[], None).await;
+    // The token is never read from a URL, where logs and history keep it.
+    let in_url = http(addr, "GET", &format!("/dashboard/login?token={}", url_encode(&token)), &[], None).await;
+    assert_eq!(in_url.status, 400, "{}", in_url.text());
+    assert!(!in_url.headers.contains_key("set-cookie") && in_url.text().contains("not read"), "{}", in_url.text());
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let post_login = |offered: String| async move { http(addr, "POST", "/dashboard/login", &[("content-type", "application/x-www-form-urlencoded")], Some(offered.as_bytes())).await };
+    let wrong = http(addr, "POST", "/dashboard/login", &form, Some(b"token=nope".as_slice())).await;
     assert_eq!(wrong.status, 403);
     assert!(!wrong.headers.contains_key("set-cookie"));
-    let login = http(addr, "GET", &format!("/dashboard/login?token={}", url_encode(&token)), &[], None).await;
+    // Logging in sets a cookie naming a login kept at the server: nothing derived from the token.
+    let login = http(addr, "POST", "/dashboard/login", &form, Some(format!("token={}", url_encode(&token)).as_bytes())).await;
     assert_eq!((login.status, login.headers["location"].as_str()), (303, "/dashboard/"));
     let set_cookie = login.headers["set-cookie"].clone();
     assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict") && !set_cookie.contains("horse"), "{set_cookie}");
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
     assert!(cookie.starts_with(&format!("{COOKIE_NAME}=")));
-    assert_eq!(http(addr, "GET", "/dashboard/", &[("cookie", cookie.as_str())], None).await.status, 200);
+    let page = http(addr, "GET", "/dashboard/", &[("cookie", cookie.as_str())], None).await;
+    assert_eq!(page.status, 200);
     ok(http(addr, "GET", &format!("{ADMIN}/overview"), &[("cookie", cookie.as_str())], None).await);
-    // The form posts the token in the body.
-    let form = http(
-        addr,
-        "POST",
-        "/dashboard/login",
-        &[("content-type", "application/x-www-form-urlencoded")],
-        Some(format!("token={}", url_encode(&token)).as_bytes()),
-    )
-    .await;
-    assert_eq!(form.status, 303, "{}", form.text());
+    // Actions with the cookie need the login's CSRF token, which only the dashboard's page holds.
+    let text = page.text();
+    let csrf = text.split("name=\"feedsync-csrf\" content=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default().to_owned();
+    assert_eq!(csrf.len(), 64, "the page carries the login's CSRF token: {text}");
+    let action = format!("{ADMIN}/held/999999/retry");
+    let json_type = ("content-type", "application/json");
+    let forged = http(addr, "POST", &action, &[("cookie", cookie.as_str()), json_type], Some(b"{}".as_slice())).await;
+    assert_eq!(forged.status, 403, "{}", forged.text());
+    assert!(forged.text().contains("CSRF"), "{}", forged.text());
+    let wrong_csrf = http(addr, "POST", &action, &[("cookie", cookie.as_str()), json_type, ("x-feedsync-csrf", &"0".repeat(64))], Some(b"{}".as_slice())).await;
+    assert_eq!(wrong_csrf.status, 403, "{}", wrong_csrf.text());
+    let with_csrf = http(addr, "POST", &action, &[("cookie", cookie.as_str()), json_type, ("x-feedsync-csrf", csrf.as_str())], Some(b"{}".as_slice())).await;
+    assert_eq!(with_csrf.status, 404, "past the CSRF check, to the missing item: {}", with_csrf.text());
+    // Logging out ends the login at the server: the same cookie is refused afterwards.
+    let logout = http(addr, "GET", "/dashboard/logout", &[("cookie", cookie.as_str())], None).await;
+    assert_eq!(logout.status, 303);
+    assert_eq!(http(addr, "GET", &format!("{ADMIN}/overview"), &[("cookie", cookie.as_str())], None).await.status, 403);
+    assert_eq!(post_login(format!("token={}", url_encode(&token))).await.status, 303, "logging in again works");
     assert_eq!(one_text(&db.database, "SELECT COUNT(*) FROM feedsync_audit WHERE actor = 'dashboard' AND action = 'login'", &[]).await.as_deref(), Some("2"));
+    // An address that keeps guessing waits: after 5 wrong tokens even the right one gets 429.
+    for _ in 0..5 {
+        assert_eq!(post_login("token=guess".to_owned()).await.status, 403);
+    }
+    let throttled = post_login(format!("token={}", url_encode(&token))).await;
+    assert_eq!(throttled.status, 429, "{}", throttled.text());
+    assert!(throttled.headers["retry-after"].parse::<u64>().is_ok_and(|s| s > 0 && s <= 300), "{:?}", throttled.headers);
+    assert!(!throttled.headers.contains_key("set-cookie"));
 }

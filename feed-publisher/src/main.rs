@@ -240,6 +240,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database.close().await;
         }
         Command::Serve(args) => {
+            // A guessable admin token would open the dashboard to anyone who tries: refuse to start.
+            if let Ok(token) = std::env::var(feed_publisher::dashboard::ADMIN_TOKEN_ENV)
+                && !token.trim().is_empty()
+                && let Some(problem) = feed_publisher::dashboard::admin_token_problem(&token)
+            {
+                anyhow::bail!("{problem}; set it to at least 32 random characters (e.g. `openssl rand -hex 16`), or unset it to serve the dashboard to this machine only");
+            }
             let mut config = load_config(&args.common)?;
             if let Some(listen) = args.listen {
                 config.server.listen = listen;

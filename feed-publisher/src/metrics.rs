@@ -223,7 +223,7 @@ fn write_status(out: &mut Exposition, s: &Status) {
 
 /// `GET /metrics`.
 pub(crate) async fn route(app: &App, request: &Request<Incoming>) -> Result<Reply, HttpError> {
-    check_access(request)?;
+    check_access(app, request)?;
     if request.method() != hyper::Method::GET && request.method() != hyper::Method::HEAD {
         return Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed here", request.method()), "use GET"));
     }
@@ -244,11 +244,13 @@ pub(crate) async fn route(app: &App, request: &Request<Incoming>) -> Result<Repl
     Ok(Reply::new(StatusCode::OK, CONTENT_TYPE, Bytes::from(body)).no_etag())
 }
 
-/// The dashboard's rule: this machine without a token; with `FEEDSYNC_ADMIN_TOKEN`, the token.
-pub(crate) fn check_access(request: &Request<Incoming>) -> Result<(), HttpError> {
+/// The dashboard's rule: this machine without a token; with `FEEDSYNC_ADMIN_TOKEN`, the token
+/// (or a dashboard login's cookie).
+pub(crate) fn check_access(app: &App, request: &Request<Incoming>) -> Result<(), HttpError> {
     let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
     let token = std::env::var(crate::dashboard::ADMIN_TOKEN_ENV).ok();
-    crate::dashboard::check_access(peer, request.headers(), token.as_deref().filter(|t| !t.trim().is_empty()))
+    let now = std::time::Instant::now();
+    crate::dashboard::check_access(peer, request.headers(), token.as_deref().filter(|t| !t.trim().is_empty()), &|id| app.admin_sessions.csrf_of(id, now).is_some())
         .map(|_| ())
         .map_err(|refusal| HttpError::new(if token.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN }, refusal.message, refusal.hint))
 }

@@ -47,6 +47,8 @@ pub struct App {
     archived_pages: std::sync::Mutex<PageCache>,
     /// Requests answered, by route class and status, and their durations (`/metrics`).
     pub http_metrics: crate::metrics::HttpMetrics,
+    /// The dashboard's logins and failed login attempts (kept here, ended by a restart).
+    pub admin_sessions: crate::dashboard::AdminSessions,
 }
 
 impl App {
@@ -80,6 +82,7 @@ impl App {
             requests,
             archived_pages: std::sync::Mutex::new(PageCache::default()),
             http_metrics: Default::default(),
+            admin_sessions: Default::default(),
         })
     }
 }

@@ -365,7 +365,7 @@ async fn post(client: &HttpClient, url: &str, message: &WebhookMessage, timeout:
 /// `GET /ws/feedsync/status`: the [`Status`] as JSON, for this machine only unless
 /// `FEEDSYNC_ADMIN_TOKEN` is set (then with the token), like the dashboard.
 pub(crate) async fn route(app: &App, request: &Request<Incoming>) -> Result<Reply, HttpError> {
-    crate::metrics::check_access(request)?;
+    crate::metrics::check_access(app, request)?;
     if request.method() != hyper::Method::GET && request.method() != hyper::Method::HEAD {
         return Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed here", request.method()), "use GET"));
     }

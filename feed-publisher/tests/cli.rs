@@ -22,7 +22,7 @@ fn check_reports_published_and_unpublished_tables_with_reasons() {
 
 #[test]
 fn errors_are_one_line_with_a_hint_and_exit_non_zero() {
-    let out = Command::new(PUBLISHER).args(["serve"]).output().unwrap();
+    let out = Command::new(PUBLISHER).args(["serve"]).env_remove("FEEDSYNC_ADMIN_TOKEN").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --db URL"));
     let out = Command::new(PUBLISHER).args(["install", "--db", "postgres://x/y"]).output().unwrap();
@@ -36,3 +36,13 @@ fn errors_are_one_line_with_a_hint_and_exit_non_zero() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+
+#[test]
+fn serve_refuses_a_guessable_admin_token() {
+    // Checked before anything else, so no database is needed to see it.
+    let out = Command::new(PUBLISHER).args(["serve"]).env("FEEDSYNC_ADMIN_TOKEN", "letmein").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("7 characters long; at least 32") && err.contains("openssl rand -hex 16"), "{err}");
+    assert!(!err.contains("letmein"), "the token is never printed: {err}");
+}

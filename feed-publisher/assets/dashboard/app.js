@@ -11,6 +11,8 @@
   const API = PREFIX + '/ws/feedsync/admin';
   const FEEDS = PREFIX + '/ws/atomfeed';
   const REFRESH_MS = 5000;
+  // A login's CSRF token, sent with every action (empty when not logged in with a cookie).
+  const CSRF = (document.querySelector('meta[name="feedsync-csrf"]') || {}).content || '';
 
   const view = document.getElementById('view');
   const statusBox = document.getElementById('status');
@@ -87,6 +89,7 @@
     if (body !== undefined) {
       init.method = 'POST';
       init.headers['Content-Type'] = 'application/json';
+      if (CSRF) init.headers['X-Feedsync-CSRF'] = CSRF;
       init.body = JSON.stringify(body);
     }
     let response;

@@ -1,26 +1,32 @@
 //! Who may use the dashboard ([`check_access`]): without `FEEDSYNC_ADMIN_TOKEN` only this
-//! machine, with it every client showing the token (`Authorization: Bearer` or the login
-//! cookie); what an action request must look like; the login page.
+//! machine, with it every client showing the token (`Authorization: Bearer`) or a login's
+//! session cookie (`sessions.rs`: random, kept at the server, expiring); what an action request
+//! must look like (JSON, and with a cookie the login's CSRF token); the login page, which takes
+//! the token in a POST body only (never in a URL, where logs and browser history keep it) and
+//! slows down an address that keeps guessing.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
-use sha2::{Digest, Sha256};
 
 use feedsync_node::exchange;
-use feedsync_wire::hex;
 
+use super::sessions::SESSION_S;
 use super::{ACTION_BODY_BYTES_MAX, AUDIT_ACTOR, plain_page, redirect};
 use crate::server::{App, HttpError, Reply, read_body};
 
 /// When set (and not empty), every dashboard request must carry this token.
 pub const ADMIN_TOKEN_ENV: &str = "FEEDSYNC_ADMIN_TOKEN";
-/// The cookie `/dashboard/login` sets: a digest of the token, never the token itself.
+/// The cookie `/dashboard/login` sets: a login's random session id, nothing derived from the token.
 pub const COOKIE_NAME: &str = "feedsync_admin";
-/// How long a login lasts.
-const COOKIE_MAX_AGE_S: i64 = 12 * 3600;
+/// The header an action sent with the login cookie must carry: that login's CSRF token (the
+/// dashboard's page holds it; a form or script on another site cannot read it).
+pub const CSRF_HEADER: &str = "x-feedsync-csrf";
+/// Shortest admin token accepted: 32 characters, 128 bits written as hex (`openssl rand -hex 16`).
+pub const ADMIN_TOKEN_CHARS_MIN: usize = 32;
 
 /// How a request was let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,19 +49,31 @@ pub struct AccessDenied {
 const LOOPBACK_HINT: &str = "open the dashboard on the parent itself (http://127.0.0.1:PORT/dashboard/) or through an SSH tunnel; \
      to open it from elsewhere, start `feed-publisher serve` with FEEDSYNC_ADMIN_TOKEN set and log in at /dashboard/login";
 const TOKEN_HINT: &str = "log in at /dashboard/login with the value of FEEDSYNC_ADMIN_TOKEN, or send Authorization: Bearer <that value>";
+const SHORT_TOKEN_HINT: &str = "set FEEDSYNC_ADMIN_TOKEN to at least 32 random characters (e.g. the output of `openssl rand -hex 16`) and restart `feed-publisher serve`";
+
+/// Why a configured admin token cannot be used, if it cannot: shorter than
+/// [`ADMIN_TOKEN_CHARS_MIN`], so guessable. Nobody gets in with it.
+pub fn admin_token_problem(token: &str) -> Option<String> {
+    let chars = token.trim().chars().count();
+    (chars < ADMIN_TOKEN_CHARS_MIN).then(|| format!("{ADMIN_TOKEN_ENV} is {chars} characters long; at least {ADMIN_TOKEN_CHARS_MIN} are needed, so nobody gets in with it"))
+}
 
 /// Decides whether a request may use the dashboard. Pure: the caller passes the peer address
-/// (`None` when unknown), the headers and the configured token (`None` or empty: not set).
-pub fn check_access(peer: Option<SocketAddr>, headers: &HeaderMap, admin_token: Option<&str>) -> Result<Access, AccessDenied> {
+/// (`None` when unknown), the headers, the configured token (`None` or empty: not set) and
+/// whether a session id belongs to a live login.
+pub fn check_access(peer: Option<SocketAddr>, headers: &HeaderMap, admin_token: Option<&str>, live_session: &dyn Fn(&str) -> bool) -> Result<Access, AccessDenied> {
     if let Some(token) = admin_token.filter(|t| !t.trim().is_empty()) {
+        if let Some(problem) = admin_token_problem(token) {
+            return Err(AccessDenied { message: problem, hint: SHORT_TOKEN_HINT });
+        }
         let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
         if let Some(offered) = bearer
             && exchange::hashes_equal(&exchange::token_hash(offered), &exchange::token_hash(token))
         {
             return Ok(Access::Bearer);
         }
-        if let Some(cookie) = cookie_value(headers, COOKIE_NAME)
-            && exchange::hashes_equal(&cookie, &cookie_for(token))
+        if let Some(session) = session_cookie(headers)
+            && live_session(&session)
         {
             return Ok(Access::Cookie);
         }
@@ -105,9 +123,9 @@ fn is_loopback_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
-/// The cookie value for a token: a digest, so the token itself is not kept by the browser.
-pub fn cookie_for(token: &str) -> String {
-    hex(&Sha256::digest(format!("feedsync-dashboard-cookie:{token}").as_bytes()))
+/// The login session id a request's cookie names, if any.
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    cookie_value(headers, COOKIE_NAME).filter(|v| !v.is_empty())
 }
 
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -129,7 +147,10 @@ pub(super) fn admin_token() -> Option<String> {
 /// a script there would need this server's CORS consent, never given). Without a token, an
 /// `Origin` naming another site is refused too; with one, the login cookie is `SameSite=Strict`
 /// and a TLS proxy in front may rewrite `Host`, so `Origin` is not compared.
-pub(super) fn check_action_request(headers: &HeaderMap, access: Access) -> Result<(), HttpError> {
+///
+/// With the login cookie, the action must also carry that login's CSRF token in
+/// [`CSRF_HEADER`] (`csrf`: the token of the login the cookie names).
+pub(super) fn check_action_request(headers: &HeaderMap, access: Access, csrf: Option<&str>) -> Result<(), HttpError> {
     let json =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if !json {
@@ -138,6 +159,17 @@ pub(super) fn check_action_request(headers: &HeaderMap, access: Access) -> Resul
             "dashboard actions take a JSON body",
             "send Content-Type: application/json (the dashboard's pages do)",
         ));
+    }
+    if access == Access::Cookie {
+        let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let matches = csrf.is_some_and(|expected| !sent.is_empty() && exchange::hashes_equal(sent, expected));
+        if !matches {
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                "an action with the login cookie came without this login's CSRF token",
+                "act from the dashboard's own pages (they send it in X-Feedsync-CSRF); scripts send Authorization: Bearer instead",
+            ));
+        }
     }
     if access == Access::Loopback
         && let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
@@ -160,23 +192,42 @@ pub(super) async fn login(app: &App, request: Request<Incoming>, peer: Option<So
         // Nothing to log in to: access is by where the request comes from.
         return Ok(redirect(StatusCode::SEE_OTHER, &format!("{prefix}/dashboard/")));
     };
-    let mut offered: Option<String> =
-        request.uri().query().and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()));
-    if request.method() == Method::POST {
-        let body = read_body(request, ACTION_BODY_BYTES_MAX, "send a smaller body").await?;
-        offered = url::form_urlencoded::parse(&body).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()).or(offered);
+    if let Some(problem) = admin_token_problem(&token) {
+        return Ok(plain_page(StatusCode::FORBIDDEN, prefix, "Log in", &problem, SHORT_TOKEN_HINT, false));
     }
-    let Some(offered) = offered else {
+    let in_url = request.uri().query().is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "token"));
+    if in_url {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "the admin token was sent in the URL, where logs and browser history keep it; it was not read",
+            "log in with the form at /dashboard/login (it POSTs the token), and change the token if that URL was shared or logged",
+        ));
+    }
+    if request.method() != Method::POST {
+        return Ok(plain_page(StatusCode::OK, prefix, "Log in", "This dashboard needs the admin token.", TOKEN_HINT, true));
+    }
+    let address = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip().to_canonical());
+    if let Some(wait) = app.admin_sessions.login_wait(address, Instant::now()) {
+        let wait_s = wait.as_secs().max(1);
+        tracing::warn!(peer = ?peer, wait_s, "dashboard login refused: too many wrong tokens from this address");
+        return Ok(plain_page(StatusCode::TOO_MANY_REQUESTS, prefix, "Log in", &format!("Too many wrong tokens from this address; try again in {wait_s} s."), TOKEN_HINT, false)
+            .with_header(header::RETRY_AFTER, HeaderValue::from(wait_s)));
+    }
+    let body = read_body(request, ACTION_BODY_BYTES_MAX, "send a smaller body").await?;
+    let Some(offered) = url::form_urlencoded::parse(&body).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()) else {
         return Ok(plain_page(StatusCode::OK, prefix, "Log in", "This dashboard needs the admin token.", TOKEN_HINT, true));
     };
     if !exchange::hashes_equal(&exchange::token_hash(offered.trim()), &exchange::token_hash(&token)) {
+        app.admin_sessions.login_failed(address, Instant::now());
         tracing::warn!(peer = ?peer, "dashboard login with a wrong token");
         return Ok(plain_page(StatusCode::FORBIDDEN, prefix, "Log in", "That token was not accepted.", TOKEN_HINT, true));
     }
+    app.admin_sessions.login_succeeded(address);
+    let (session_id, _csrf) = app.admin_sessions.create(Instant::now());
     let mut session = app.database.session().await?;
     let from = peer.map_or_else(|| "an unknown address".to_owned(), |p| p.ip().to_string());
     exchange::audit(&mut session, AUDIT_ACTOR, "login", None, &format!("logged in from {from}")).await?;
-    let cookie = format!("{COOKIE_NAME}={}; Path={prefix}/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Strict", cookie_for(&token));
+    let cookie = format!("{COOKIE_NAME}={session_id}; Path={prefix}/; Max-Age={SESSION_S}; HttpOnly; SameSite=Strict");
     Ok(redirect(StatusCode::SEE_OTHER, &format!("{prefix}/dashboard/")).with_header(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("ascii cookie")))
 }
 
@@ -200,54 +251,76 @@ mod tests {
         let remote: SocketAddr = "10.0.0.7:5000".parse().unwrap();
         let host = headers(&[("host", "127.0.0.1:8086")]);
         for peer in [local, local6, mapped] {
-            assert_eq!(check_access(Some(peer), &host, None), Ok(Access::Loopback), "{peer}");
+            assert_eq!(check_access(Some(peer), &host, None, &|_| false), Ok(Access::Loopback), "{peer}");
         }
-        assert_eq!(check_access(Some(local), &headers(&[("host", "localhost:8086")]), None), Ok(Access::Loopback));
-        assert_eq!(check_access(Some(local), &headers(&[("host", "[::1]:8086")]), None), Ok(Access::Loopback));
-        assert_eq!(check_access(Some(local), &HeaderMap::new(), Some("")), Ok(Access::Loopback), "an empty token is no token");
-        let refused = check_access(Some(remote), &host, None).unwrap_err();
+        assert_eq!(check_access(Some(local), &headers(&[("host", "localhost:8086")]), None, &|_| false), Ok(Access::Loopback));
+        assert_eq!(check_access(Some(local), &headers(&[("host", "[::1]:8086")]), None, &|_| false), Ok(Access::Loopback));
+        assert_eq!(check_access(Some(local), &HeaderMap::new(), Some(""), &|_| false), Ok(Access::Loopback), "an empty token is no token");
+        let refused = check_access(Some(remote), &host, None, &|_| false).unwrap_err();
         assert!(refused.message.contains("10.0.0.7") && refused.hint.contains("FEEDSYNC_ADMIN_TOKEN"), "{refused:?}");
-        assert!(check_access(None, &host, None).is_err(), "unknown peer");
+        assert!(check_access(None, &host, None, &|_| false).is_err(), "unknown peer");
         // A local proxy, a rebinding attack.
-        assert!(check_access(Some(local), &headers(&[("host", "127.0.0.1"), ("x-forwarded-for", "41.1.2.3")]), None).is_err());
-        assert!(check_access(Some(local), &headers(&[("host", "evil.example:8086")]), None).unwrap_err().message.contains("evil.example"));
+        assert!(check_access(Some(local), &headers(&[("host", "127.0.0.1"), ("x-forwarded-for", "41.1.2.3")]), None, &|_| false).is_err());
+        assert!(check_access(Some(local), &headers(&[("host", "evil.example:8086")]), None, &|_| false).unwrap_err().message.contains("evil.example"));
         // A bearer token means nothing when none is configured.
-        assert!(check_access(Some(remote), &headers(&[("authorization", "Bearer x")]), None).is_err());
+        assert!(check_access(Some(remote), &headers(&[("authorization", "Bearer x")]), None, &|_| false).is_err());
     }
 
     #[test]
     fn with_a_token_every_client_must_show_it() {
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let remote: SocketAddr = "10.0.0.7:5000".parse().unwrap();
-        let token = Some("s3cret-token");
-        assert_eq!(check_access(Some(remote), &headers(&[("authorization", "Bearer s3cret-token")]), token), Ok(Access::Bearer));
-        let cookie = format!("theme=dark; {COOKIE_NAME}={}", cookie_for("s3cret-token"));
-        assert_eq!(check_access(Some(remote), &headers(&[("cookie", &cookie)]), token), Ok(Access::Cookie));
-        assert!(!cookie.contains("s3cret-token"), "the cookie does not hold the token");
+        let token = Some("0123456789abcdef0123456789abcdef");
+        let live = |id: &str| id == "live-session";
+        assert_eq!(check_access(Some(remote), &headers(&[("authorization", "Bearer 0123456789abcdef0123456789abcdef")]), token, &live), Ok(Access::Bearer));
+        let cookie = format!("theme=dark; {COOKIE_NAME}=live-session");
+        assert_eq!(check_access(Some(remote), &headers(&[("cookie", &cookie)]), token, &live), Ok(Access::Cookie));
         for wrong in [
             vec![],
-            vec![("authorization", "Bearer s3cret-tokeN")],
-            vec![("cookie", "feedsync_admin=s3cret-token")],
+            vec![("authorization", "Bearer 0123456789abcdef0123456789abcdeF")],
+            vec![("cookie", "feedsync_admin=0123456789abcdef0123456789abcdef")],
+            vec![("cookie", "feedsync_admin=ended-session")],
+            vec![("cookie", "feedsync_admin=")],
             vec![("authorization", "Basic czNjcmV0LXRva2Vu")],
         ] {
-            let refused = check_access(Some(remote), &headers(&wrong), token).unwrap_err();
+            let refused = check_access(Some(remote), &headers(&wrong), token, &live).unwrap_err();
             assert!(refused.hint.contains("/dashboard/login"), "{wrong:?}: {refused:?}");
         }
         // Loopback is no excuse once a token is set (a local proxy would make everyone local).
-        assert!(check_access(Some(local), &headers(&[("host", "127.0.0.1")]), token).is_err());
+        assert!(check_access(Some(local), &headers(&[("host", "127.0.0.1")]), token, &live).is_err());
+    }
+
+    #[test]
+    fn a_short_admin_token_lets_nobody_in() {
+        let remote: SocketAddr = "10.0.0.7:5000".parse().unwrap();
+        let short = "correct horse battery";
+        assert!(admin_token_problem(short).unwrap().contains("21 characters long; at least 32"));
+        assert_eq!(admin_token_problem(&"x".repeat(ADMIN_TOKEN_CHARS_MIN)), None);
+        let bearer = format!("Bearer {short}");
+        let refused = check_access(Some(remote), &headers(&[("authorization", &bearer)]), Some(short), &|_| true).unwrap_err();
+        assert!(refused.message.contains("nobody gets in") && refused.hint.contains("openssl rand -hex 16"), "{refused:?}");
     }
 
     #[test]
     fn actions_need_json_from_this_site() {
         let json_from = |origin: &str| headers(&[("content-type", "application/json"), ("origin", origin), ("host", "127.0.0.1:8086")]);
-        assert_eq!(check_action_request(&json_from("http://evil.example"), Access::Loopback).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(check_action_request(&json_from("http://evil.example"), Access::Loopback, None).unwrap_err().status, StatusCode::FORBIDDEN);
         // With the token, a proxy may have rewritten Host; the cookie is SameSite=Strict.
-        assert!(check_action_request(&json_from("https://district.example"), Access::Cookie).is_ok());
-        assert!(check_action_request(&headers(&[("content-type", "application/json"), ("host", "127.0.0.1:8086")]), Access::Loopback).is_ok());
-        assert!(check_action_request(&json_from("http://127.0.0.1:8086"), Access::Loopback).is_ok());
+        let with_csrf = |origin: &str, csrf: &str| {
+            headers(&[("content-type", "application/json"), ("origin", origin), ("host", "127.0.0.1:8086"), (CSRF_HEADER, csrf)])
+        };
+        assert!(check_action_request(&with_csrf("https://district.example", "the-login-csrf"), Access::Cookie, Some("the-login-csrf")).is_ok());
+        // With the cookie, the login's CSRF token is needed: missing, wrong, or no login.
+        assert_eq!(check_action_request(&json_from("https://district.example"), Access::Cookie, Some("the-login-csrf")).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(check_action_request(&with_csrf("https://district.example", "guess"), Access::Cookie, Some("the-login-csrf")).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(check_action_request(&with_csrf("https://district.example", "guess"), Access::Cookie, None).unwrap_err().status, StatusCode::FORBIDDEN);
+        // A bearer token is no ambient credential: no CSRF token needed.
+        assert!(check_action_request(&json_from("https://district.example"), Access::Bearer, None).is_ok());
+        assert!(check_action_request(&headers(&[("content-type", "application/json"), ("host", "127.0.0.1:8086")]), Access::Loopback, None).is_ok());
+        assert!(check_action_request(&json_from("http://127.0.0.1:8086"), Access::Loopback, None).is_ok());
         let form = headers(&[("content-type", "application/x-www-form-urlencoded")]);
         for access in [Access::Loopback, Access::Bearer, Access::Cookie] {
-            assert_eq!(check_action_request(&form, access).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+            assert_eq!(check_action_request(&form, access, Some("the-login-csrf")).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         }
     }
 }

@@ -46,8 +46,10 @@ mod conflicts;
 mod held;
 mod patients;
 mod rounds;
+mod sessions;
 
-pub use access::{ADMIN_TOKEN_ENV, Access, COOKIE_NAME, AccessDenied, check_access, cookie_for};
+pub use access::{ADMIN_TOKEN_CHARS_MIN, ADMIN_TOKEN_ENV, Access, AccessDenied, COOKIE_NAME, CSRF_HEADER, admin_token_problem, check_access, session_cookie};
+pub use sessions::AdminSessions;
 pub use conflicts::{FieldRow, field_rows};
 pub use held::{Behind, waits_behind};
 pub(crate) use rounds::prepare;
@@ -65,6 +67,8 @@ pub const DASHBOARD_PATH: &str = "/dashboard";
 pub const ADMIN_PATH: &str = "/ws/feedsync/admin";
 const LOGIN_PATH: &str = "/dashboard/login";
 const LOGOUT_PATH: &str = "/dashboard/logout";
+/// Where `index.html` holds its login's CSRF token (empty without a login cookie).
+const CSRF_PLACEHOLDER: &str = "@FEEDSYNC_CSRF@";
 /// The actor of every audit row an operator's action here writes.
 pub const AUDIT_ACTOR: &str = "dashboard";
 /// Largest action body accepted.
@@ -153,12 +157,18 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, path: &str) -> 
         return login(app, request, peer, &prefix).await;
     }
     if path == LOGOUT_PATH {
+        // Ended at the server too: a copy of the cookie is worth nothing from now on.
+        if let Some(id) = session_cookie(request.headers()) {
+            app.admin_sessions.end(&id);
+        }
         let cookie = format!("{COOKIE_NAME}=; Path={}/; Max-Age=0; HttpOnly; SameSite=Strict", prefix);
         return Ok(redirect(StatusCode::SEE_OTHER, &format!("{prefix}{LOGIN_PATH}"))
             .with_header(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("ascii cookie")));
     }
     let token = admin_token();
-    let access = match check_access(peer, request.headers(), token.as_deref()) {
+    let now = std::time::Instant::now();
+    let csrf = session_cookie(request.headers()).and_then(|id| app.admin_sessions.csrf_of(&id, now));
+    let access = match check_access(peer, request.headers(), token.as_deref(), &|id| app.admin_sessions.csrf_of(id, now).is_some()) {
         Ok(access) => access,
         Err(refusal) => {
             tracing::warn!(peer = ?peer, path, reason = %refusal.message, "dashboard request refused");
@@ -172,7 +182,9 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, path: &str) -> 
         DASHBOARD_PATH => return Ok(redirect(StatusCode::PERMANENT_REDIRECT, &format!("{prefix}/dashboard/"))),
         "/dashboard/" | "/dashboard/index.html" => {
             require_read(&method)?;
-            return Ok(asset(HTML, INDEX_HTML));
+            // The page carries its login's CSRF token for the actions it sends.
+            let page = INDEX_HTML.replace(CSRF_PLACEHOLDER, csrf.as_deref().filter(|_| access == Access::Cookie).unwrap_or_default());
+            return Ok(with_security_headers(Reply::new(StatusCode::OK, HTML, Bytes::from(page))).with_header(header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
         }
         "/dashboard/app.js" => {
             require_read(&method)?;
@@ -187,7 +199,7 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, path: &str) -> 
     let segments: Vec<String> = rest.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let body = if method == Method::POST {
-        check_action_request(request.headers(), access)?;
+        check_action_request(request.headers(), access, csrf.as_deref())?;
         read_json(request).await?
     } else {
         require_read(&method)?;
