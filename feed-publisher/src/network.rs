@@ -56,6 +56,9 @@ async fn authenticate(session: &mut Session, request: &Request<Incoming>) -> Res
     parent::child_for_token(session, token).await?.ok_or_else(|| unauthorized("token not accepted"))
 }
 
+/// Largest body a patient fetch accepts (it carries nothing; `{}` is usual).
+const FETCH_BODY_BYTES_MAX: usize = 4 << 10;
+
 pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> Result<Reply, HttpError> {
     // The network tables were made when the server started (`App::new`), not per request:
     // a child polls every few seconds.
@@ -80,14 +83,19 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> 
             json(&parent::changes(&mut session, &app.model, &child, after, limit).await?)
         }
         (Method::POST, "/push") => {
-            let body = read_body(request, PUSH_BODY_BYTES_MAX, "send fewer items per push").await?;
+            // No database connection is held while a (slow) child sends its body.
+            drop(session);
+            let (body, _slot) = read_body(app, request, PUSH_BODY_BYTES_MAX, "send fewer items per push").await?;
+            let mut session = app.database.session().await?;
             let push: PushRequest = serde_json::from_slice(&body).map_err(|e| {
                 HttpError::new(StatusCode::BAD_REQUEST, format!("push body is not a valid push: {e}"), "send {\"through_seq\": N, \"items\": [...]} as feed-subscriber does")
             })?;
             json(&parent::push_items(&mut session, &app.model, &app.config.network, &child, push).await?)
         }
         (Method::POST, "/report") => {
-            let body = read_body(request, PUSH_BODY_BYTES_MAX, "send fewer items per push").await?;
+            drop(session);
+            let (body, _slot) = read_body(app, request, PUSH_BODY_BYTES_MAX, "send fewer items per push").await?;
+            let mut session = app.database.session().await?;
             let report: ChildReport = serde_json::from_slice(&body)
                 .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("report body is not a valid child report: {e}"), "send the report feed-subscriber builds"))?;
             parent::store_report(&mut session, &child.name, &report).await?;
@@ -108,6 +116,10 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> 
             if uuid.is_empty() || uuid.contains('/') {
                 return Err(HttpError::new(StatusCode::BAD_REQUEST, format!("{path}: no patient uuid"), "POST patients/{uuid}/fetch with a uuid a patient search returned"));
             }
+            // The body is empty or `{}`; reading it takes the request's slot.
+            drop(session);
+            let (_body, _slot) = read_body(app, request, FETCH_BODY_BYTES_MAX, "send an empty body or {}").await?;
+            let mut session = app.database.session().await?;
             // A patient found by search may have rows a child pushed that the sequencer has not
             // published yet; the record is read from the events, so publish them first (under the
             // sequencer's lock, like its own loop) or the fetch would miss them.

@@ -3,7 +3,8 @@
 //! Routing is by hand: five routes do not justify a framework.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use feedsync_node::capture::{self, EVENT_TABLE};
 use feedsync_wire::hex;
@@ -255,10 +256,17 @@ fn finish(reply: Reply, request_headers: &hyper::HeaderMap) -> HttpResponse {
 }
 
 /// Handles one request; never panics on bad input and always answers.
-pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> HttpResponse {
+pub async fn handle(app: Arc<App>, mut request: Request<Incoming>) -> HttpResponse {
     let started = std::time::Instant::now();
     let route_class = crate::metrics::route_class(request.uri().path(), &app.config.server.path_prefix);
-    let _permit = app.requests.acquire().await.expect("semaphore open");
+    // A request with a body takes its slot once the body is in (`read_body`), so clients that
+    // send slowly wait on their own connection, not in the slots everyone shares.
+    let _permit = if carries_body(&request) {
+        None
+    } else {
+        request.extensions_mut().insert(SlotTaken);
+        Some(app.requests.acquire().await.expect("semaphore open"))
+    };
     let headers = request.headers().clone();
     let response = match route(&app, request).await {
         Ok(reply) => finish(reply, &headers),
@@ -266,6 +274,12 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> HttpResponse {
     };
     app.http_metrics.record(route_class, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// Whether a request announces a body (a length above zero, or chunked).
+fn carries_body(request: &Request<Incoming>) -> bool {
+    let length = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || (length.is_none() && request.headers().contains_key(header::TRANSFER_ENCODING))
 }
 
 async fn route(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError> {
@@ -441,7 +455,7 @@ async fn single_resource(app: &App, path: &str) -> Result<Reply, HttpError> {
 }
 
 async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError> {
-    let body = read_body(request, app.config.limits.request_body_bytes_max, "send fewer links per request").await?;
+    let (body, _slot) = read_body(app, request, app.config.limits.request_body_bytes_max, "send fewer links per request").await?;
     let request: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
         HttpError::new(StatusCode::BAD_REQUEST, format!("batch request is not valid JSON: {e}"), "send {\"resources\": [\"/ws/feedsync/resource/{table}/{key}\", ...]}")
     })?;
@@ -465,13 +479,31 @@ async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
 /// Reads a request body of at most `max` bytes (refused early when `Content-Length` says more),
 /// decompressing `Content-Encoding: gzip` within the same limit. `smaller` says how to send
 /// less, for the 413 answer. The one body reader of every route.
-pub(crate) async fn read_body(request: Request<Incoming>, max: usize, smaller: &'static str) -> Result<Bytes, HttpError> {
+/// Reads a request's body (at most `max` bytes, within `limits.body_read_timeout_ms`), then
+/// takes the request's slot ([`handle`] leaves requests with a body without one until here):
+/// keep the returned permit while the request works.
+pub(crate) async fn read_body<'a>(app: &'a App, request: Request<Incoming>, max: usize, smaller: &'static str) -> Result<(Bytes, Option<SemaphorePermit<'a>>), HttpError> {
+    // A request that announced no body already holds its slot (taken in `handle`).
+    let has_slot = request.extensions().get::<SlotTaken>().is_some();
+    let bytes = read_body_bytes(request, max, smaller, Duration::from_millis(app.config.limits.body_read_timeout_ms)).await?;
+    let permit = if has_slot { None } else { Some(app.requests.acquire().await.expect("semaphore open")) };
+    Ok((bytes, permit))
+}
+
+/// Marks a request whose slot `handle` took (it announced no body).
+#[derive(Clone, Copy)]
+struct SlotTaken;
+
+async fn read_body_bytes(request: Request<Incoming>, max: usize, smaller: &'static str, timeout: Duration) -> Result<Bytes, HttpError> {
     let too_large = || HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {max} bytes"), smaller);
     if request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > max) {
         return Err(too_large());
     }
     let gzip = request.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-    let body = Limited::new(request.into_body(), max).collect().await.map_err(|e| {
+    let collected = tokio::time::timeout(timeout, Limited::new(request.into_body(), max).collect()).await.map_err(|_| {
+        HttpError::new(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {} ms", timeout.as_millis()), "send the whole body at once; on a slow link, send less per request")
+    })?;
+    let body = collected.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             too_large()
         } else {
@@ -543,8 +575,12 @@ pub async fn run_sequencer(app: Arc<App>, mut shutdown: tokio::sync::watch::Rece
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// Accepts connections until `shutdown` fires.
+/// Accepts connections until `shutdown` fires, at most `limits.connections_max` at once and
+/// `limits.connections_per_address_max` from one address (more are closed as they arrive),
+/// each with a header-read timeout.
 pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
+    let limits = app.config.limits.clone();
+    let connections = Arc::new(ConnectionCount::default());
     loop {
         let (stream, peer): (_, SocketAddr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -558,14 +594,23 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: tokio::sy
             },
             _ = shutdown.changed() => return Ok(()),
         };
+        let Some(_counted) = connections.admit(peer.ip(), limits.connections_max, limits.connections_per_address_max) else {
+            tracing::warn!(%peer, "connection refused: too many open (connections_max / connections_per_address_max)");
+            drop(stream);
+            continue;
+        };
         let app = app.clone();
+        let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
         tokio::spawn(async move {
+            let _counted = _counted;
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(PeerAddr(peer));
                 let app = app.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(app, request).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -574,6 +619,51 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: tokio::sy
             }
         });
     }
+}
+
+/// Open connections, in all and by address.
+#[derive(Default)]
+struct ConnectionCount {
+    open: std::sync::Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection; counted until dropped.
+struct Counted {
+    count: Arc<ConnectionCount>,
+    address: IpAddr,
+}
+
+impl ConnectionCount {
+    fn admit(self: &Arc<Self>, address: IpAddr, total_max: usize, per_address_max: usize) -> Option<Counted> {
+        let address = address.to_canonical();
+        let mut open = self.open.lock().expect("connection count lock");
+        let from_address = open.1.get(&address).copied().unwrap_or(0);
+        if !admits(open.0, from_address, total_max, per_address_max) {
+            return None;
+        }
+        open.0 += 1;
+        *open.1.entry(address).or_insert(0) += 1;
+        Some(Counted { count: self.clone(), address })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.count.open.lock().expect("connection count lock");
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// Whether one more connection fits, with `open` open in all and `from_address` from its
+/// address. Pure.
+fn admits(open: usize, from_address: usize, total_max: usize, per_address_max: usize) -> bool {
+    open < total_max && from_address < per_address_max
 }
 
 /// Serves until Ctrl-C (or until `stop` turns true), then stops accepting, lets the sequencer
@@ -614,4 +704,29 @@ pub async fn serve_until_stopped(
 pub async fn serve_until_ctrl_c(database: Database, model: Model, config: Config) -> anyhow::Result<()> {
     let (_keep, never) = tokio::sync::watch::channel(false);
     serve_until_stopped(database, model, config, |_| {}, never).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_admitted_up_to_both_caps() {
+        assert!(admits(0, 0, 1_024, 64));
+        assert!(admits(1_023, 63, 1_024, 64));
+        assert!(!admits(1_024, 0, 1_024, 64), "the total cap");
+        assert!(!admits(10, 64, 1_024, 64), "one address's cap");
+        let count = Arc::new(ConnectionCount::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let first = count.admit(a, 3, 2).expect("first");
+        let second = count.admit(mapped, 3, 2).expect("the same address, IPv4-mapped");
+        assert!(count.admit(a, 3, 2).is_none(), "over the address's cap");
+        let other = count.admit("10.0.0.2".parse().unwrap(), 3, 2).expect("another address");
+        assert!(count.admit("10.0.0.3".parse().unwrap(), 3, 2).is_none(), "over the total cap");
+        drop((first, other));
+        assert!(count.admit(a, 3, 2).is_some(), "a closed connection frees its place");
+        drop(second);
+        assert_eq!(count.open.lock().unwrap().0, 0, "every admitted connection was counted out");
+    }
 }

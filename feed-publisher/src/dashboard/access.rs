@@ -213,7 +213,7 @@ pub(super) async fn login(app: &App, request: Request<Incoming>, peer: Option<So
         return Ok(plain_page(StatusCode::TOO_MANY_REQUESTS, prefix, "Log in", &format!("Too many wrong tokens from this address; try again in {wait_s} s."), TOKEN_HINT, false)
             .with_header(header::RETRY_AFTER, HeaderValue::from(wait_s)));
     }
-    let body = read_body(request, ACTION_BODY_BYTES_MAX, "send a smaller body").await?;
+    let (body, _slot) = read_body(app, request, ACTION_BODY_BYTES_MAX, "send a smaller body").await?;
     let Some(offered) = url::form_urlencoded::parse(&body).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()) else {
         return Ok(plain_page(StatusCode::OK, prefix, "Log in", "This dashboard needs the admin token.", TOKEN_HINT, true));
     };

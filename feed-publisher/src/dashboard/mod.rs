@@ -198,12 +198,13 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, path: &str) -> 
     let query: BTreeMap<String, String> = request.uri().query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
     let segments: Vec<String> = rest.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let body = if method == Method::POST {
+    // An action holds its request slot (taken once its body is in) until it is done.
+    let (body, _slot) = if method == Method::POST {
         check_action_request(request.headers(), access, csrf.as_deref())?;
-        read_json(request).await?
+        read_json(app, request).await?
     } else {
         require_read(&method)?;
-        Json::Null
+        (Json::Null, None)
     };
     let mut session = app.database.session().await?;
     let post = method == Method::POST;
@@ -253,13 +254,15 @@ fn number(text: &str) -> Result<i64, HttpError> {
     text.parse().map_err(|_| HttpError::new(StatusCode::NOT_FOUND, format!("{text:?} is not a number"), "ids are whole numbers, as the lists show them"))
 }
 
-async fn read_json(request: Request<Incoming>) -> Result<Json, HttpError> {
-    let bytes = read_body(request, ACTION_BODY_BYTES_MAX, "send a smaller body").await?;
+/// An action's JSON body, and the request slot taken once it arrived.
+async fn read_json<'a>(app: &'a App, request: Request<Incoming>) -> Result<(Json, Option<tokio::sync::SemaphorePermit<'a>>), HttpError> {
+    let (bytes, slot) = read_body(app, request, ACTION_BODY_BYTES_MAX, "send a smaller body").await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
+        return Ok((json!({}), slot));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {e}"), "send a JSON object, e.g. {\"reason\": \"...\"}"))
+    let body = serde_json::from_slice(&bytes)
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {e}"), "send a JSON object, e.g. {\"reason\": \"...\"}"))?;
+    Ok((body, slot))
 }
 
 fn required_reason(body: &Json) -> Result<String, HttpError> {

@@ -71,8 +71,18 @@ pub struct Limits {
     pub request_body_bytes_max: usize,
     /// Most resources one batch-fetch request may name.
     pub batch_resources_max: usize,
-    /// Requests handled at once; more wait for a slot.
+    /// Requests handled at once; more wait for a slot. A request with a body takes its slot
+    /// only once the body has arrived, so slow senders cannot hold the slots.
     pub requests_in_flight_max: usize,
+    /// Longest a client may take to send a request's headers (also the wait for the next
+    /// request on a kept-alive connection); then the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// Longest a client may take to send a request's body; then it gets 408.
+    pub body_read_timeout_ms: u64,
+    /// Connections open at once; more are closed as they arrive.
+    pub connections_max: usize,
+    /// Connections open at once from one address; more from it are closed as they arrive.
+    pub connections_per_address_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -121,7 +131,15 @@ impl Default for FeedConfig {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { request_body_bytes_max: 1 << 20, batch_resources_max: 1_000, requests_in_flight_max: 64 }
+        Limits {
+            request_body_bytes_max: 1 << 20,
+            batch_resources_max: 1_000,
+            requests_in_flight_max: 64,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            connections_max: 1_024,
+            connections_per_address_max: 64,
+        }
     }
 }
 
@@ -164,7 +182,8 @@ impl Config {
         if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
             return Err(ConfigError::Invalid { key: "server.path_prefix", message: format!("must start with / and not end with / (e.g. /openmrs), got {prefix:?}") });
         }
-        if self.limits.batch_resources_max == 0 || self.limits.requests_in_flight_max == 0 {
+        let l = &self.limits;
+        if [l.batch_resources_max, l.requests_in_flight_max, l.connections_max, l.connections_per_address_max].contains(&0) || l.header_read_timeout_ms == 0 || l.body_read_timeout_ms == 0 {
             return Err(ConfigError::Invalid { key: "limits", message: "limits must be at least 1".into() });
         }
         validate_alerts(&self.alerts)
