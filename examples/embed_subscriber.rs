@@ -119,7 +119,8 @@ async fn main() -> anyhow::Result<()> {
     let state_db = Database::from_url(&state_url)?;
     let mut client = HttpClient::default();
     if let Some(user_password) = &args.user_password {
-        client = client.with_basic_auth(user_password);
+        // Only to the feed's own server, never to another host its links name.
+        client = client.with_basic_auth(user_password).with_credentials_only_to(&[args.feed_url.as_str()]);
     }
     let mut sink = GenderCount::default();
     // With --follow this polls until interrupted; without, it stops once caught up.

@@ -270,7 +270,8 @@ async fn run_into_sink(config: &Config, spec: &str, state_db: Option<&str>, once
     let mut sink = sink::open_sink(spec)?;
     let mut client = feed_subscriber::client::subscriber_client(Default::default());
     if let Ok(credentials) = std::env::var("FEEDSYNC_FEED_CREDENTIALS") {
-        client = client.with_basic_auth(&credentials);
+        // To the feeds' own servers only, never to a host a feed's links name.
+        client = client.with_basic_auth(&credentials).with_credentials_only_to(&config.feeds);
     }
     let limits = SinkLimits { poll_interval_ms: config.poll_interval_ms, ..SinkLimits::default() };
     let p = tokio::select! {

@@ -407,7 +407,7 @@ impl Notifier {
         let limits = ClientLimits { request_timeout_ms: config.request_timeout_ms, response_bytes_max: 1 << 20, ..ClientLimits::default() };
         let mut client = crate::client::subscriber_client(limits);
         if let Some(user_password) = &config.user_password {
-            client = client.with_basic_auth(user_password);
+            client = client.with_basic_auth(user_password).with_credentials_only_to(&[config.openmrs_url.as_str()]);
         }
         let task = tokio::spawn(work(shared.clone(), client, config));
         (Notifier { shared: shared.clone() }, NotifierHandle { shared, task })

@@ -151,6 +151,9 @@ pub struct HttpClient {
     limits: ClientLimits,
     /// `Basic ...` or `Bearer ...`, sent only to the origin of the URL a request was made for.
     authorization: Option<HeaderValue>,
+    /// When not empty, the only origins the credentials go to (the feeds' own servers): a link
+    /// a feed names on another host never receives them.
+    credential_origins: Vec<url::Origin>,
     user_agent: HeaderValue,
 }
 
@@ -180,7 +183,7 @@ impl HttpClient {
             .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
             .pool_timer(TokioTimer::new())
             .build(connector);
-        HttpClient { inner, limits, authorization: None, user_agent: HeaderValue::from_static(USER_AGENT) }
+        HttpClient { inner, limits, authorization: None, credential_origins: Vec::new(), user_agent: HeaderValue::from_static(USER_AGENT) }
     }
 
     /// Names the program in `User-Agent`, so a server's log shows who is asking.
@@ -206,6 +209,20 @@ impl HttpClient {
         value.set_sensitive(true);
         self.authorization = Some(value);
         self
+    }
+
+    /// Sends the credentials only to the origins (scheme, host, port) of `urls`, e.g. the feeds
+    /// being followed: a resource link, redirect or anything else a server names elsewhere is
+    /// fetched without them. URLs that do not parse are left out (so they never match).
+    pub fn with_credentials_only_to<S: AsRef<str>>(mut self, urls: &[S]) -> HttpClient {
+        self.credential_origins = urls.iter().filter_map(|u| Url::parse(u.as_ref()).ok()).map(|u| u.origin()).collect();
+        self
+    }
+
+    /// The credentials for a request to `url`, if they may go there.
+    fn authorization_for(&self, url: &Url) -> Option<&HeaderValue> {
+        let allowed = self.credential_origins.is_empty() || self.credential_origins.contains(&url.origin());
+        self.authorization.as_ref().filter(|_| allowed)
     }
 
     pub fn limits(&self) -> &ClientLimits {
@@ -252,7 +269,7 @@ impl HttpClient {
             Some(bytes) => BodyLimit::Truncate(bytes),
             None => BodyLimit::Refuse(self.limits.response_bytes_max),
         };
-        self.exchange(&method, &parsed, headers, body, self.authorization.as_ref(), limit).await
+        self.exchange(&method, &parsed, headers, body, self.authorization_for(&parsed), limit).await
     }
 
     /// Sends until a status `accepted` takes, retrying retryable failures with capped
@@ -290,7 +307,7 @@ impl HttpClient {
         let mut current = url.clone();
         let mut redirects = 0;
         loop {
-            let authorization = self.authorization.as_ref().filter(|_| current.origin() == origin);
+            let authorization = self.authorization_for(&current).filter(|_| current.origin() == origin);
             let mut headers = HeaderMap::new();
             headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
             let limit = BodyLimit::Refuse(self.limits.response_bytes_max);

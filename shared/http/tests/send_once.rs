@@ -98,3 +98,16 @@ async fn bad_requests_say_so_before_anything_is_sent() {
     let error = client.send_once(Request::new("GET", "https://example.org/")).await.unwrap_err();
     assert!(matches!(error, ClientError::BadUrl { .. }), "{error}");
 }
+
+#[tokio::test]
+async fn credentials_go_only_to_the_origins_named() {
+    // Two servers: the feed's own, and another host a feed's link could name.
+    let (feed, mut feed_heads) = server(vec![answer("200 OK", b"{}")]).await;
+    let (elsewhere, mut elsewhere_heads) = server(vec![answer("200 OK", b"{}")]).await;
+    let client = HttpClient::new(ClientLimits::default()).with_basic_auth("admin:Admin123").with_credentials_only_to(&[format!("{feed}/ws/atomfeed/all/recent")]);
+    client.get(&format!("{feed}/ws/feedsync/resource/patient/x")).await.unwrap();
+    client.get(&format!("{elsewhere}/ws/rest/v1/patient/x")).await.unwrap();
+    let (to_feed, to_elsewhere) = (feed_heads.recv().await.unwrap(), elsewhere_heads.recv().await.unwrap());
+    assert!(to_feed.contains("authorization: basic "), "{to_feed}");
+    assert!(!to_elsewhere.contains("authorization"), "credentials leaked to another host: {to_elsewhere}");
+}
