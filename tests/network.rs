@@ -483,3 +483,40 @@ async fn a_child_writes_only_its_catchment_and_no_roles_without_a_grant() {
     assert!(reply.text().contains("may not write category \\\"user_role\\\""), "{}", reply.text());
     assert_eq!(one_text(net.db("parent"), "SELECT COUNT(*) FROM user_role", &[]).await, roles_before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_tokens_rotate_with_an_overlap_and_a_revoked_name_can_register_again() {
+    let Some(net) = Network::start(Source::Sqlite25, &[]).await else { return };
+    let hello = |token: String| {
+        let addr = net.publisher.addr;
+        async move {
+            let auth = format!("Bearer {token}");
+            http(addr, "GET", "/ws/feedsync/network/hello", &[("authorization", auth.as_str())], None).await.status
+        }
+    };
+    let mut s = net.db("parent").session().await.unwrap();
+    let first = parent_network::add_child(&mut s, "kibuye", &[], false).await.unwrap();
+    assert_eq!(hello(first.clone()).await, 200);
+    // Rotated with an overlap: both tokens work until it ends.
+    let second = parent_network::rotate_child_token(&mut s, "kibuye", 3_600).await.unwrap();
+    assert_ne!(first, second);
+    assert_eq!((hello(first.clone()).await, hello(second.clone()).await), (200, 200));
+    // Rotated without one: only the newest works.
+    let third = parent_network::rotate_child_token(&mut s, "kibuye", 0).await.unwrap();
+    assert_eq!(hello(third.clone()).await, 200);
+    assert_eq!(hello(second.clone()).await, 401, "the token rotated without overlap ends at once");
+    assert_eq!(hello(first.clone()).await, 200, "the first is still within its hour");
+    // Revoked: every token ends, earlier ones included, and the name cannot be rotated.
+    parent_network::revoke_child(&mut s, "kibuye").await.unwrap();
+    assert_eq!((hello(first.clone()).await, hello(third.clone()).await), (401, 401));
+    assert!(parent_network::rotate_child_token(&mut s, "kibuye", 0).await.is_err());
+    // Registered again (a reinstalled facility): a new token, positions from the start.
+    exec(net.db("parent"), "UPDATE feedsync_child SET acked_seq = 77 WHERE name = 'kibuye'", &[]).await;
+    let again = parent_network::add_child(&mut s, "kibuye", &[], false).await.unwrap();
+    assert_eq!(hello(again).await, 200);
+    assert_eq!((hello(first).await, hello(third).await), (401, 401), "the old tokens stay dead");
+    assert_eq!(one_text(net.db("parent"), "SELECT acked_seq FROM feedsync_child WHERE name = 'kibuye'", &[]).await.as_deref(), Some("0"));
+    // A live child's name is still taken.
+    let taken = parent_network::add_child(&mut s, "kibuye", &[], false).await.unwrap_err();
+    assert!(taken.to_string().contains("child rotate"), "{taken}");
+}

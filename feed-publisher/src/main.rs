@@ -120,12 +120,24 @@ enum ChildCommand {
         #[arg(long)]
         json: bool,
     },
-    /// End a child's access: its token gets 401 from now on. Its data stays.
+    /// End a child's access: its token gets 401 from now on. Its data stays, and the name may
+    /// be registered again with `child add` (a new token, positions afresh, its catchment kept).
     Revoke {
         #[command(flatten)]
         common: Common,
         #[arg(long)]
         name: String,
+    },
+    /// Give a child a new token (printed as the last line); the old one keeps working for
+    /// `--overlap-hours` so the child's operator can switch without a gap.
+    Rotate {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        name: String,
+        /// How long the old token stays valid, in hours (0: it ends now; at most 720).
+        #[arg(long, default_value_t = 24)]
+        overlap_hours: u64,
     },
 }
 
@@ -341,7 +353,7 @@ async fn usb_command(command: UsbCommand) -> anyhow::Result<()> {
 async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
     use feedsync_node::parent as network;
     let common = match &command {
-        ChildCommand::Add { common, .. } | ChildCommand::List { common, .. } | ChildCommand::Revoke { common, .. } => common,
+        ChildCommand::Add { common, .. } | ChildCommand::List { common, .. } | ChildCommand::Revoke { common, .. } | ChildCommand::Rotate { common, .. } => common,
     };
     let config = load_config(common)?;
     config.validate()?;
@@ -381,6 +393,13 @@ async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
         ChildCommand::Revoke { name, .. } => {
             network::revoke_child(&mut session, name).await?;
             println!("child {name} revoked: its token is refused from now on");
+        }
+        ChildCommand::Rotate { name, overlap_hours, .. } => {
+            anyhow::ensure!(*overlap_hours <= 720, "--overlap-hours {overlap_hours} is more than 720 (30 days): give the old token less time");
+            let token = network::rotate_child_token(&mut session, name, overlap_hours * 3_600).await?;
+            feedsync_node::exchange::audit(&mut session, "feed-publisher", "child-rotate", None, &format!("child {name}: new token, the old one valid {overlap_hours} h more")).await?;
+            eprintln!("child {name} has a new token (the old one works for {overlap_hours} h more); shown once, keep it secret:");
+            println!("{token}");
         }
     }
     drop(session);

@@ -275,6 +275,11 @@ pub(crate) fn create_tables(set: TableSet) -> Vec<String> {
                  received_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), KEY feedsync_inbox_peer (peer, inbox_id)\
                  ) {TABLE_OPTIONS}"
             ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {CHILD_TOKEN_TABLE} (token_hash CHAR(64) NOT NULL PRIMARY KEY, child VARCHAR(64) NOT NULL, \
+                 valid_until DATETIME(3) NOT NULL, KEY feedsync_child_token_child (child)\
+                 ) {TABLE_OPTIONS}"
+            ),
         ],
         TableSet::Subscriber => vec![
             format!(

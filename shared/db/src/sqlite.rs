@@ -200,6 +200,7 @@ pub(crate) fn create_tables(set: TableSet) -> Vec<String> {
             // Kept with the network tables (MySQL has it in the events table itself): databases
             // that predate the network got it when the network tables came.
             format!("CREATE INDEX IF NOT EXISTS feedsync_event_patient ON {EVENT_TABLE} (patient_uuid, event_seq)"),
+            format!("CREATE TABLE IF NOT EXISTS {CHILD_TOKEN_TABLE} (token_hash TEXT NOT NULL PRIMARY KEY, child TEXT NOT NULL, valid_until TEXT NOT NULL)"),
         ],
         TableSet::Subscriber => vec![
             format!(

@@ -29,6 +29,8 @@ pub const MYSQL_ORIGIN_VARIABLE: &str = "@feedsync_origin";
 // The network (`feedsync_node::exchange`, `parent`).
 pub const CHILD_TABLE: &str = "feedsync_child";
 pub const CATCHMENT_TABLE: &str = "feedsync_catchment";
+/// A child's earlier tokens, each valid until the overlap a rotation gave it ends.
+pub const CHILD_TOKEN_TABLE: &str = "feedsync_child_token";
 pub const BASE_TABLE: &str = "feedsync_base";
 pub const CONFLICT_TABLE: &str = "feedsync_conflict";
 pub const AUDIT_TABLE: &str = "feedsync_audit";
@@ -71,7 +73,7 @@ impl TableSet {
         match self {
             TableSet::Capture => &[JOURNAL_TABLE, EVENT_TABLE, PAGE_TABLE, STATE_TABLE, ORIGIN_TABLE],
             TableSet::Network => {
-                &[OUTBOX_TABLE, COMMAND_TABLE, CHILD_TABLE, CATCHMENT_TABLE, BASE_TABLE, CONFLICT_TABLE, AUDIT_TABLE, INBOX_TABLE]
+                &[OUTBOX_TABLE, COMMAND_TABLE, CHILD_TABLE, CATCHMENT_TABLE, BASE_TABLE, CONFLICT_TABLE, AUDIT_TABLE, INBOX_TABLE, CHILD_TOKEN_TABLE]
             }
             TableSet::Subscriber => &[FEED_TABLE, CHANGE_TABLE, ORIGIN_TABLE],
             TableSet::DashboardRounds => &[ROUND_TABLE],

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::apply::ApplyError;
 use crate::capture::{self, EVENT_TABLE};
-use crate::exchange::{self, Attempt, CATCHMENT_TABLE, CHILD_TABLE, COMMAND_TABLE, Receiver};
+use crate::exchange::{self, Attempt, CATCHMENT_TABLE, CHILD_TABLE, CHILD_TOKEN_TABLE, COMMAND_TABLE, Receiver};
 use crate::lookup::LookupCache;
 use feedsync_core::merge::Side;
 use feedsync_core::model::{Model, RowSource};
@@ -77,7 +77,7 @@ impl ParentError {
 pub enum AdminError {
     #[error("invalid child name {0:?}: use 1 to 64 letters, digits, '-' or '_'")]
     BadName(String),
-    #[error("a child named {0:?} is already registered; `child list` shows it, `child revoke` ends it")]
+    #[error("a child named {0:?} is already registered; `child list` shows it, `child rotate` gives it a new token, `child revoke` ends it")]
     Exists(String),
     #[error("no child named {0:?}; `child list` shows the registered children")]
     Unknown(String),
@@ -103,17 +103,39 @@ pub async fn add_child(session: &mut Session, name: &str, categories: &[String],
     add_child_with_rules(session, name, categories, all_patients, &CatchmentRules::default()).await
 }
 
-/// Registers a child whose catchment also holds the patients `rules` match.
+/// Registers a child whose catchment also holds the patients `rules` match. A name revoked
+/// earlier may be registered again (a facility reinstalled, a token lost): it starts afresh
+/// (positions, report, earlier tokens gone) and keeps its catchment, so its patients come back.
 pub async fn add_child_with_rules(session: &mut Session, name: &str, categories: &[String], all_patients: bool, rules: &CatchmentRules) -> Result<String, AdminError> {
     if !exchange::valid_child_name(name) {
         return Err(AdminError::BadName(name.into()));
     }
     prepare(session).await?;
-    if !session.query(&format!("SELECT name FROM {CHILD_TABLE} WHERE name = ?"), &[name.into()]).await?.is_empty() {
+    let existing = session.query(&format!("SELECT revoked_at FROM {CHILD_TABLE} WHERE name = ?"), &[name.into()]).await?;
+    if existing.first().is_some_and(|r| r.text("revoked_at").is_none()) {
         return Err(AdminError::Exists(name.into()));
     }
     let token = exchange::new_token(name);
     let categories = if categories.is_empty() { "*".to_owned() } else { categories.join(",") };
+    if !existing.is_empty() {
+        session.execute(&format!("DELETE FROM {CHILD_TOKEN_TABLE} WHERE child = ?"), &[name.into()]).await?;
+        session
+            .execute(
+                &format!(
+                    "UPDATE {CHILD_TABLE} SET token_hash = ?, categories = ?, all_patients = ?, rules = ?, revoked_at = NULL, acked_seq = 0, \
+                     pulled_after = NULL, last_contact = NULL, report = NULL, reported_at = NULL, rules_checked_seq = 0 WHERE name = ?"
+                ),
+                &[
+                    exchange::token_hash(&token).into(),
+                    categories.into(),
+                    Value::Int(all_patients as i64),
+                    serde_json::to_string(rules).expect("rules serialize").into(),
+                    name.into(),
+                ],
+            )
+            .await?;
+        return Ok(token);
+    }
     session
         .execute(
             &format!("INSERT INTO {CHILD_TABLE} (name, token_hash, categories, all_patients, rules) VALUES (?, ?, ?, ?, ?)"),
@@ -136,7 +158,45 @@ pub async fn revoke_child(session: &mut Session, name: &str) -> Result<(), Admin
     if n == 0 {
         return Err(AdminError::Unknown(name.into()));
     }
+    // Its earlier tokens end with it.
+    session.execute(&format!("DELETE FROM {CHILD_TOKEN_TABLE} WHERE child = ?"), &[name.into()]).await?;
     Ok(())
+}
+
+/// Longest overlap a rotation may give the old token.
+pub const ROTATION_OVERLAP_S_MAX: u64 = 30 * 86_400;
+
+/// Gives a registered child a new token and returns it; the old one stays valid for
+/// `overlap_s` more seconds (0: it ends now), so the child's operator can switch without a gap.
+pub async fn rotate_child_token(session: &mut Session, name: &str, overlap_s: u64) -> Result<String, AdminError> {
+    prepare(session).await?;
+    let Some((child, old_hash)) = child_by_name(session, name).await? else { return Err(AdminError::Unknown(name.into())) };
+    if child.revoked_at.is_some() {
+        return Err(AdminError::Unknown(name.into()));
+    }
+    let token = exchange::new_token(name);
+    let dialect = session.dialect();
+    session.begin().await?;
+    let outcome = async {
+        session.execute(&format!("DELETE FROM {CHILD_TOKEN_TABLE} WHERE valid_until < {}", feedsync_core::sql::now_sql(dialect)), &[]).await?;
+        if overlap_s > 0 {
+            let until = feedsync_core::sql::now_plus_ms_sql(dialect, (overlap_s.min(ROTATION_OVERLAP_S_MAX) * 1_000) as i64);
+            session.execute(&format!("INSERT INTO {CHILD_TOKEN_TABLE} (token_hash, child, valid_until) VALUES (?, ?, {until})"), &[old_hash.into(), name.into()]).await?;
+        }
+        session.execute(&format!("UPDATE {CHILD_TABLE} SET token_hash = ? WHERE name = ?"), &[exchange::token_hash(&token).into(), name.into()]).await?;
+        Ok::<(), DbError>(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => {
+            session.commit().await?;
+            Ok(token)
+        }
+        Err(e) => {
+            let _ = session.rollback().await;
+            Err(e.into())
+        }
+    }
 }
 
 pub async fn list_children(session: &mut Session) -> Result<Vec<Child>, AdminError> {
@@ -189,8 +249,19 @@ pub async fn child_for_token(session: &mut Session, token: &str) -> Result<Optio
     let rows = session.query(&format!("SELECT *, 0 AS catchment_patients, 0 AS held_items FROM {CHILD_TABLE} WHERE name = ?"), &[name.into()]).await?;
     let Some(row) = rows.first() else { return Ok(None) };
     let stored = row.text("token_hash").unwrap_or_default();
-    if !exchange::hashes_equal(&stored, &exchange::token_hash(token)) || row.text("revoked_at").is_some() {
+    let offered = exchange::token_hash(token);
+    if row.text("revoked_at").is_some() {
         return Ok(None);
+    }
+    if !exchange::hashes_equal(&stored, &offered) {
+        // An earlier token still within the overlap its rotation gave it.
+        let now = feedsync_core::sql::now_sql(session.dialect());
+        let earlier = session
+            .query(&format!("SELECT child FROM {CHILD_TOKEN_TABLE} WHERE token_hash = ? AND child = ? AND valid_until > {now}"), &[offered.into(), name.into()])
+            .await?;
+        if earlier.is_empty() {
+            return Ok(None);
+        }
     }
     let now = feedsync_core::sql::now_sql(session.dialect());
     session.execute(&format!("UPDATE {CHILD_TABLE} SET last_contact = {now} WHERE name = ?"), &[name.into()]).await?;
