@@ -185,7 +185,7 @@ mod tests {
     #[test]
     fn every_table_carries_the_prefix_and_is_listed_once() {
         let all = all_tables();
-        assert_eq!(all.len(), 17, "{all:?}");
+        assert_eq!(all.len(), 18, "{all:?}");
         for table in &all {
             assert!(table.starts_with(PREFIX), "{table} lacks the reserved prefix: uninstall would leave it behind");
         }
