@@ -51,7 +51,7 @@ async fn conflict_cases_end_to_end() {
     )
     .await
     .unwrap();
-    net.child("south").fetch_patient(&patient).await.unwrap();
+    net.child("south").fetch_patient(&patient, "transferred in").await.unwrap();
     let person_id = |site: &'static str| {
         let patient = patient.clone();
         let db = net.db(site).clone();
@@ -157,7 +157,7 @@ async fn a_conflict_found_at_a_child_is_reported_and_resolved_from_the_parent() 
     net.settle().await;
     let patient = one_text(net.db("north"), "SELECT pe.uuid FROM person pe JOIN patient pt ON pt.patient_id = pe.person_id ORDER BY pt.patient_id DESC LIMIT 1", &[]).await.unwrap();
     let south = net.child("south");
-    south.fetch_patient(&patient).await.unwrap();
+    south.fetch_patient(&patient, "transferred in").await.unwrap();
     let name = one_text(net.db("north"), "SELECT pn.uuid FROM person_name pn JOIN person pe ON pe.person_id = pn.person_id WHERE pe.uuid = ? AND pn.voided = 0", &[patient.as_str().into()]).await.unwrap();
     net.settle().await;
 

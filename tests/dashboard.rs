@@ -182,7 +182,7 @@ async fn admin_api_on_a_parent_and_children() {
         one_text(net.db("north"), "SELECT pe.uuid FROM person pe JOIN patient pt ON pt.patient_id = pe.person_id ORDER BY pt.patient_id DESC LIMIT 1", &[])
             .await
             .unwrap();
-    net.child("south").fetch_patient(&patient).await.unwrap();
+    net.child("south").fetch_patient(&patient, "transferred in").await.unwrap();
     net.settle().await;
     let name_uuid = one_text(
         net.db("north"),

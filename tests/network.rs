@@ -79,7 +79,7 @@ async fn parent_and_three_children_on_sqlite() {
     let misspelled = format!("{given} {} {} {gender}", double_a_letter(&family), &birthdate[..10]);
     let found = south.find_patients(&misspelled, 10).await.unwrap();
     assert!(found.iter().any(|c| c.uuid == patient), "{misspelled:?} finds {given} {family}: {found:?}");
-    let (applied, held) = south.fetch_patient(&patient).await.unwrap();
+    let (applied, held) = south.fetch_patient(&patient, "transferred in, referral 2231").await.unwrap();
     assert!(applied > 3 && held == 0, "fetched {applied} rows, {held} held");
     assert!(patient_uuids(net.db("south")).await.contains(&patient));
     let audit = one_text(net.db("parent"), "SELECT COUNT(*) FROM feedsync_audit WHERE actor = 'south' AND action = 'patient-fetch' AND patient_uuid = ?", &[patient.as_str().into()]).await;
@@ -338,8 +338,8 @@ async fn a_lost_push_answer_loses_no_later_edit() {
         async fn find_patients(&self, query: &str, limit: usize) -> Result<Vec<Candidate>, LinkError> {
             self.inner.find_patients(query, limit).await
         }
-        async fn fetch_patient(&self, uuid: &str) -> Result<Record, LinkError> {
-            self.inner.fetch_patient(uuid).await
+        async fn fetch_patient(&self, uuid: &str, reason: &str) -> Result<Record, LinkError> {
+            self.inner.fetch_patient(uuid, reason).await
         }
         async fn report(&self, report: &ChildReport) -> Result<(), LinkError> {
             self.inner.report(report).await
@@ -390,7 +390,7 @@ async fn a_patient_fetched_right_after_its_push_arrives_whole() {
     assert_eq!(pushed.len(), 1, "north's patient is at the parent");
     let unsequenced = one_text(net.db("parent"), "SELECT COUNT(*) FROM feedsync_journal", &[]).await.unwrap();
     assert_ne!(unsequenced, "0", "the pushed rows wait in the parent's journal");
-    let (applied, held) = net.child("south").fetch_patient(&pushed[0]).await.unwrap();
+    let (applied, held) = net.child("south").fetch_patient(&pushed[0], "transferred in").await.unwrap();
     // Rows that reference metadata north made with the patient (its users, encounter types)
     // wait at south until its next pull brings that metadata.
     assert!(applied + held > 3, "fetched {applied} rows, {held} held: the record came empty");
@@ -519,4 +519,35 @@ async fn child_tokens_rotate_with_an_overlap_and_a_revoked_name_can_register_aga
     // A live child's name is still taken.
     let taken = parent_network::add_child(&mut s, "kibuye", &[], false).await.unwrap_err();
     assert!(taken.to_string().contains("child rotate"), "{taken}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_fetch_needs_a_reason_and_is_rate_limited_per_child() {
+    let Some(net) = Network::start(Source::Sqlite25, &["north"]).await else { return };
+    let base = patient_uuids(net.db("parent")).await;
+    run_workload(net.db("parent"), 9, 1).await;
+    net.publisher.publish().await;
+    let patient = patient_uuids(net.db("parent")).await.difference(&base).next().cloned().expect("a patient registered at the parent");
+    let token = net.children[0].3.clone();
+    let auth = format!("Bearer {token}");
+    let h = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let path = format!("/ws/feedsync/network/patients/{patient}/fetch");
+    for body in [&b"{}"[..], b"{\"reason\": \"   \"}", b"not json"] {
+        let reply = http(net.publisher.addr, "POST", &path, &h, Some(body)).await;
+        assert_eq!(reply.status, 400, "{}", reply.text());
+        assert!(reply.text().contains("needs a reason"), "{}", reply.text());
+    }
+    assert_eq!(one_text(net.db("parent"), "SELECT COUNT(*) FROM feedsync_catchment WHERE child = 'north'", &[]).await.as_deref(), Some("0"), "nothing fetched");
+    let reply = http(net.publisher.addr, "POST", &path, &h, Some(b"{\"reason\": \"transferred in, referral 2231\"}")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let detail = one_text(net.db("parent"), "SELECT detail FROM feedsync_audit WHERE actor = 'north' AND action = 'patient-fetch'", &[]).await.unwrap();
+    assert!(detail.contains("reason: transferred in, referral 2231"), "{detail}");
+    // The hour's fetches are counted from the audit log.
+    let mut s = net.db("parent").session().await.unwrap();
+    assert!(parent_network::check_fetch_rate(&mut s, "north", 2).await.is_ok());
+    exchange::audit(&mut s, "north", "patient-fetch", Some(&patient), "another").await.unwrap();
+    let refused = parent_network::check_fetch_rate(&mut s, "north", 2).await.unwrap_err();
+    assert!(refused.to_string().contains("fetched 2 patients in the last hour"), "{refused}");
+    exec(net.db("parent"), "UPDATE feedsync_audit SET at = '2020-01-01 00:00:00.000' WHERE actor = 'north'", &[]).await;
+    assert!(parent_network::check_fetch_rate(&mut s, "north", 2).await.is_ok(), "older fetches do not count");
 }

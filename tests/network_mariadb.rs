@@ -84,7 +84,7 @@ async fn parent_and_three_children_on_mariadb_with_concurrent_writers() {
         let Some(identifier) = one_text(net.db("north"), identifier_sql, &[patient.as_str().into()]).await else { continue };
         let found = net.child("south").find_patients(&identifier, 10).await.unwrap();
         assert!(found.iter().any(|c| &c.uuid == patient), "south finds north's patient {patient} by identifier {identifier}: {found:?}");
-        let (applied, held) = net.child("south").fetch_patient(patient).await.unwrap();
+        let (applied, held) = net.child("south").fetch_patient(patient, "transferred in").await.unwrap();
         assert!(applied > 3 && held == 0, "fetched {patient}: {applied} rows applied, {held} held");
         fetched.push(patient.clone());
     }
@@ -546,7 +546,7 @@ async fn a_local_write_committing_while_the_other_side_merges_is_not_lost() {
     let log = run_workload(net.db("north").clone(), 101, 1).await;
     net.settle().await;
     let patient = registered_patients(std::slice::from_ref(&log)).into_iter().next().expect("north registered a patient");
-    net.child("south").fetch_patient(&patient).await.unwrap();
+    net.child("south").fetch_patient(&patient, "transferred in").await.unwrap();
     net.settle().await;
     let name_sql = "SELECT pn.uuid FROM person_name pn JOIN person pe ON pe.person_id = pn.person_id WHERE pe.uuid = ? AND pn.voided = 0";
     let name = one_text(net.db("north"), name_sql, &[patient.as_str().into()]).await.unwrap();

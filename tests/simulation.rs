@@ -497,9 +497,9 @@ impl SimLink {
         Ok(page)
     }
 
-    async fn deliver_fetch(&self, uuid: &str) -> Result<Record, LinkError> {
+    async fn deliver_fetch(&self, uuid: &str, reason: &str) -> Result<Record, LinkError> {
         let mut session = self.parent.kept.take().await.map_err(db_link)?;
-        let record = parent_network::fetch_patient(&mut session, &self.parent.model, &self.child, uuid).await.map_err(parent_link)?;
+        let record = parent_network::fetch_patient(&mut session, &self.parent.model, &self.child, uuid, reason).await.map_err(parent_link)?;
         self.parent.kept.give(session);
         Ok(record)
     }
@@ -629,19 +629,19 @@ impl ParentLink for SimLink {
         Ok(found)
     }
 
-    async fn fetch_patient(&self, uuid: &str) -> Result<Record, LinkError> {
+    async fn fetch_patient(&self, uuid: &str, reason: &str) -> Result<Record, LinkError> {
         let n = self.starting().await;
         let (fault, _) = self.decide(Call::Fetch);
         match fault {
             Fault::Cut | Fault::DropRequest | Fault::Delay => return Err(lost("fetch request")),
             _ => {}
         }
-        let record = self.deliver_fetch(uuid).await?;
+        let record = self.deliver_fetch(uuid, reason).await?;
         self.answered(n).await;
         match fault {
             Fault::DropReply => Err(lost("fetch reply")),
             Fault::Duplicate => {
-                let second = self.deliver_fetch(uuid).await?;
+                let second = self.deliver_fetch(uuid, reason).await?;
                 Ok(if self.faults.borrow_mut().rng.percent(50) { record } else { second })
             }
             _ => Ok(record),
@@ -1125,7 +1125,7 @@ impl World {
     /// A child fetches a patient, possibly dying on the way; whether it now holds it.
     async fn fetch(&mut self, c: usize, uuid: &str, crash: Option<CrashPoint>) -> Result<bool, String> {
         self.crash.plan(crash);
-        let outcome = Crashable::new(self.children[c].node.fetch_patient(uuid), &self.crash).await;
+        let outcome = Crashable::new(self.children[c].node.fetch_patient(uuid, "seen at this site (simulation)"), &self.crash).await;
         self.crash.plan(None);
         match outcome {
             None => {

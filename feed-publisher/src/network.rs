@@ -27,7 +27,8 @@ impl From<ParentError> for HttpError {
             ParentError::UnknownTable { .. } | ParentError::WrongResource { .. } => StatusCode::BAD_REQUEST,
             ParentError::CategoryNotAllowed { .. } => StatusCode::FORBIDDEN,
             ParentError::NoSuchPatient { .. } => StatusCode::NOT_FOUND,
-            ParentError::SearchTooBroad { .. } => StatusCode::BAD_REQUEST,
+            ParentError::SearchTooBroad { .. } | ParentError::FetchReasonMissing => StatusCode::BAD_REQUEST,
+            ParentError::FetchRateExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ParentError::Apply(_) => StatusCode::SERVICE_UNAVAILABLE,
             ParentError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -56,7 +57,7 @@ async fn authenticate(session: &mut Session, request: &Request<Incoming>) -> Res
     parent::child_for_token(session, token).await?.ok_or_else(|| unauthorized("token not accepted"))
 }
 
-/// Largest body a patient fetch accepts (it carries nothing; `{}` is usual).
+/// Largest body a patient fetch accepts (`{"reason": ...}`).
 const FETCH_BODY_BYTES_MAX: usize = 4 << 10;
 
 pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> Result<Reply, HttpError> {
@@ -116,15 +117,18 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> 
             if uuid.is_empty() || uuid.contains('/') {
                 return Err(HttpError::new(StatusCode::BAD_REQUEST, format!("{path}: no patient uuid"), "POST patients/{uuid}/fetch with a uuid a patient search returned"));
             }
-            // The body is empty or `{}`; reading it takes the request's slot.
+            // The body says why (`{"reason": "..."}`); reading it takes the request's slot.
             drop(session);
-            let (_body, _slot) = read_body(app, request, FETCH_BODY_BYTES_MAX, "send an empty body or {}").await?;
+            let (body, _slot) = read_body(app, request, FETCH_BODY_BYTES_MAX, "send {\"reason\": \"...\"} and nothing else").await?;
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let reason = parent::fetch_reason(body.get("reason").and_then(|r| r.as_str()))?.to_owned();
             let mut session = app.database.session().await?;
+            parent::check_fetch_rate(&mut session, &child.name, app.config.limits.patient_fetches_per_child_per_hour_max).await?;
             // A patient found by search may have rows a child pushed that the sequencer has not
             // published yet; the record is read from the events, so publish them first (under the
             // sequencer's lock, like its own loop) or the fetch would miss them.
             sequencer::drain(&mut session, &app.model, &app.config, FETCH_SEQUENCER_BATCHES_MAX).await?;
-            json(&parent::fetch_patient(&mut session, &app.model, &child, uuid).await?)
+            json(&parent::fetch_patient(&mut session, &app.model, &child, uuid, &reason).await?)
         }
         (_, path) => Err(HttpError::new(
             StatusCode::NOT_FOUND,

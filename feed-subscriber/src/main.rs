@@ -132,6 +132,10 @@ enum PatientCommand {
         parent: ParentArgs,
         /// The patient's uuid, from `patient find`.
         uuid: String,
+        /// Why this site needs the record (kept in the parent's audit log), e.g. "transferred
+        /// in, referral letter 2231".
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -612,10 +616,10 @@ async fn patient_command(command: PatientCommand) -> anyhow::Result<()> {
                 println!("{} candidates; bring one here with `feed-subscriber patient fetch ... UUID`", found.len());
             }
         }
-        PatientCommand::Fetch { parent, uuid } => {
+        PatientCommand::Fetch { parent, uuid, reason } => {
             let child = open_child(&parent.db, &parent.parent, &parent.token).await?;
             child.prepare().await?;
-            let (applied, held) = child.fetch_patient(&uuid).await?;
+            let (applied, held) = child.fetch_patient(&uuid, &reason).await?;
             println!("patient {uuid} fetched: {applied} rows applied, {held} held until what they reference arrives; later changes flow both ways");
         }
     }

@@ -64,7 +64,8 @@ pub trait ParentLink {
     async fn changes(&self, after: i64, limit: usize) -> Result<Changes, LinkError>;
     async fn push(&self, push: &PushRequest) -> Result<PushResponse, LinkError>;
     async fn find_patients(&self, query: &str, limit: usize) -> Result<Vec<Candidate>, LinkError>;
-    async fn fetch_patient(&self, uuid: &str) -> Result<Record, LinkError>;
+    /// `reason` is kept in the parent's audit log (and required there).
+    async fn fetch_patient(&self, uuid: &str, reason: &str) -> Result<Record, LinkError>;
     /// Tells the parent how this child is doing (best effort; a link without it ignores it).
     async fn report(&self, _report: &ChildReport) -> Result<(), LinkError> {
         Ok(())
@@ -126,9 +127,9 @@ impl ParentLink for HttpParent {
         Ok(self.decode::<PatientsFound>(&url, &response.body)?.candidates)
     }
 
-    async fn fetch_patient(&self, uuid: &str) -> Result<Record, LinkError> {
+    async fn fetch_patient(&self, uuid: &str, reason: &str) -> Result<Record, LinkError> {
         let url = self.url(&format!("/patients/{uuid}/fetch"));
-        let response = self.client.post_json(&url, &serde_json::json!({})).await?;
+        let response = self.client.post_json(&url, &serde_json::json!({ "reason": reason })).await?;
         self.decode(&url, &response.body)
     }
 
@@ -627,9 +628,9 @@ impl<L: ParentLink> ChildNode<L> {
 
     /// Adds a patient to this child's catchment at the parent and applies the whole record
     /// here; later changes then flow both ways. Returns the rows applied and held.
-    pub async fn fetch_patient(&self, uuid: &str) -> Result<(usize, usize), ChildError> {
+    pub async fn fetch_patient(&self, uuid: &str, reason: &str) -> Result<(usize, usize), ChildError> {
         let hello = self.parent.hello().await?;
-        let record = self.parent.fetch_patient(uuid).await?;
+        let record = self.parent.fetch_patient(uuid, reason).await?;
         let mut session = self.database.session().await?;
         let receiver = self.receiver(&hello);
         let mut report = RoundReport::default();

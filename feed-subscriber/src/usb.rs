@@ -65,7 +65,7 @@ impl ParentLink for NoParentLink {
     async fn find_patients(&self, _query: &str, _limit: usize) -> Result<Vec<Candidate>, LinkError> {
         Self::refuse()
     }
-    async fn fetch_patient(&self, _uuid: &str) -> Result<Record, LinkError> {
+    async fn fetch_patient(&self, _uuid: &str, _reason: &str) -> Result<Record, LinkError> {
         Self::refuse()
     }
 }

@@ -304,7 +304,7 @@ pub async fn run(config: &ChildrenConfig) -> anyhow::Result<ChildrenReport> {
                 let node = common::real_child(&reals[r], &setup_parent.url(), token).await.with_context(|| format!("real child {r}"))?;
                 let slice = &pool[(config.children + r) * config.catchment_patients..(config.children + r + 1) * config.catchment_patients];
                 for (patient, _) in slice {
-                    node.fetch_patient(patient).await?;
+                    node.fetch_patient(patient, "benchmark").await?;
                 }
                 node.sync_until_idle(10).await?;
                 real_nodes.push((node, slice[0].1.clone()));

@@ -132,7 +132,7 @@ pub async fn run(config: &LatencyConfig) -> anyhow::Result<LatencyReport> {
         let mut parent_session = site.test.database.session().await?;
         let (patient, name) = common::patients_with_names(&mut parent_session).await?.pop().context("the parent has no patient")?;
         for node in [&a, &b] {
-            node.fetch_patient(&patient).await?;
+            node.fetch_patient(&patient, "benchmark").await?;
             node.sync_until_idle(10).await?;
         }
         let mut a_session = a_db.database.session().await?;

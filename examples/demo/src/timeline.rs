@@ -193,7 +193,7 @@ impl<'a> Timeline<'a> {
         if !found.iter().any(|c| c.uuid == patient.uuid) {
             anyhow::bail!("the parent's search did not find {} ({})", patient.full_name(), patient.uuid);
         }
-        let (applied, held) = node.fetch_patient(&patient.uuid).await.with_context(|| format!("{to} fetching {}", patient.full_name()))?;
+        let (applied, held) = node.fetch_patient(&patient.uuid, "transferred in: seen here today").await.with_context(|| format!("{to} fetching {}", patient.full_name()))?;
         let held = if held > 0 { format!(", {held} waiting for rows they reference") } else { String::new() };
         self.narrator.say(
             to,

@@ -58,7 +58,7 @@ pub fn now_sql(dialect: Dialect) -> &'static str {
 pub fn now_plus_ms_sql(dialect: Dialect, ms: i64) -> String {
     match dialect {
         Dialect::MySql => format!("UTC_TIMESTAMP(3) + INTERVAL {ms} * 1000 MICROSECOND"),
-        Dialect::Sqlite => format!("strftime('%Y-%m-%d %H:%M:%f', 'now', '+{:.3} seconds')", ms as f64 / 1000.0),
+        Dialect::Sqlite => format!("strftime('%Y-%m-%d %H:%M:%f', 'now', '{:+.3} seconds')", ms as f64 / 1000.0),
     }
 }
 
@@ -154,5 +154,7 @@ mod tests {
         );
         assert_eq!(now_plus_ms_sql(Dialect::MySql, 5000), "UTC_TIMESTAMP(3) + INTERVAL 5000 * 1000 MICROSECOND");
         assert_eq!(now_plus_ms_sql(Dialect::Sqlite, 5000), "strftime('%Y-%m-%d %H:%M:%f', 'now', '+5.000 seconds')");
+        assert_eq!(now_plus_ms_sql(Dialect::Sqlite, -3_600_000), "strftime('%Y-%m-%d %H:%M:%f', 'now', '-3600.000 seconds')");
+        assert_eq!(now_plus_ms_sql(Dialect::MySql, -1), "UTC_TIMESTAMP(3) + INTERVAL -1 * 1000 MICROSECOND");
     }
 }

@@ -83,6 +83,8 @@ pub struct Limits {
     pub connections_max: usize,
     /// Connections open at once from one address; more from it are closed as they arrive.
     pub connections_per_address_max: usize,
+    /// Patients one child may fetch from elsewhere (`patient fetch`) per hour; more get 429.
+    pub patient_fetches_per_child_per_hour_max: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -139,6 +141,7 @@ impl Default for Limits {
             body_read_timeout_ms: 30_000,
             connections_max: 1_024,
             connections_per_address_max: 64,
+            patient_fetches_per_child_per_hour_max: 120,
         }
     }
 }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::apply::ApplyError;
 use crate::capture::{self, EVENT_TABLE};
-use crate::exchange::{self, Attempt, CATCHMENT_TABLE, CHILD_TABLE, CHILD_TOKEN_TABLE, COMMAND_TABLE, Receiver};
+use crate::exchange::{self, AUDIT_TABLE, Attempt, CATCHMENT_TABLE, CHILD_TABLE, CHILD_TOKEN_TABLE, COMMAND_TABLE, Receiver};
 use crate::lookup::LookupCache;
 use feedsync_core::merge::Side;
 use feedsync_core::model::{Model, RowSource};
@@ -36,6 +36,10 @@ pub enum ParentError {
     CategoryNotAllowed { child: String, category: String, table: String, key: String, allowed: Vec<String> },
     #[error("no patient with uuid {uuid:?} here")]
     NoSuchPatient { uuid: String },
+    #[error("a patient fetch needs a reason (1 to {FETCH_REASON_CHARS_MAX} characters), kept in the parent's audit log")]
+    FetchReasonMissing,
+    #[error("child {child} fetched {fetched} patients in the last hour, the most allowed ({max}); the next one is allowed as the hour moves on")]
+    FetchRateExceeded { child: String, fetched: i64, max: u32 },
     #[error("a patient search by name needs {missing} too: a name alone would list every patient of that name in the network")]
     SearchTooBroad { missing: &'static str },
     /// Retrying what waits in the inbox failed: the database is unavailable or busy.
@@ -54,6 +58,8 @@ impl ParentError {
             ParentError::WrongResource { .. } => "send each entity's own resource",
             ParentError::CategoryNotAllowed { .. } => "nothing in this push was applied; register the child with that category or stop writing it there",
             ParentError::NoSuchPatient { .. } => "use the uuid a patient search returned",
+            ParentError::FetchReasonMissing => "send {\"reason\": \"...\"} (feed-subscriber patient fetch --reason \"...\"), e.g. \"transferred in, referral letter 2231\"",
+            ParentError::FetchRateExceeded { .. } => "fetch fewer patients at once, or ask the parent's operator to raise limits.patient_fetches_per_child_per_hour_max",
             ParentError::SearchTooBroad { .. } => {
                 "search by one identifier, or by name with birth date (YYYY-MM-DD; a year either side is searched) and gender M/F/O/U, e.g. `Mary Uwimana 1990-04-12 F`"
             }
@@ -83,6 +89,30 @@ pub enum AdminError {
     Unknown(String),
     #[error("{0}")]
     Database(#[from] feedsync_db::DbError),
+}
+
+/// Longest reason a patient fetch may carry.
+pub const FETCH_REASON_CHARS_MAX: usize = 500;
+
+/// A fetch's reason, trimmed, if it is one: not empty, at most [`FETCH_REASON_CHARS_MAX`].
+pub fn fetch_reason(reason: Option<&str>) -> Result<&str, ParentError> {
+    let reason = reason.map(str::trim).unwrap_or_default();
+    if reason.is_empty() || reason.chars().count() > FETCH_REASON_CHARS_MAX {
+        return Err(ParentError::FetchReasonMissing);
+    }
+    Ok(reason)
+}
+
+/// Refuses a child's next patient fetch when it fetched `max` or more in the last hour (read
+/// from the audit log, so a restart forgets nothing).
+pub async fn check_fetch_rate(session: &mut Session, child: &str, max: u32) -> Result<(), ParentError> {
+    let since = feedsync_core::sql::now_plus_ms_sql(session.dialect(), -3_600_000);
+    let sql = format!("SELECT COUNT(*) AS n FROM {AUDIT_TABLE} WHERE actor = ? AND action = 'patient-fetch' AND at > {since}");
+    let fetched = session.query(&sql, &[child.into()]).await?.first().and_then(|r| r.i64("n")).unwrap_or_default();
+    if fetched >= i64::from(max) {
+        return Err(ParentError::FetchRateExceeded { child: child.into(), fetched, max });
+    }
+    Ok(())
 }
 
 /// Whether a child may run this patient search at the parent: by one identifier, or by name
@@ -747,7 +777,7 @@ pub async fn patient_of(session: &mut Session, model: &Model, table: &str, key: 
 }
 
 /// Adds a patient to a child's catchment and returns the whole record, parents first.
-pub async fn fetch_patient(session: &mut Session, model: &Model, child: &Child, uuid: &str) -> Result<Record, ParentError> {
+pub async fn fetch_patient(session: &mut Session, model: &Model, child: &Child, uuid: &str, reason: &str) -> Result<Record, ParentError> {
     let exists = !session
         .query("SELECT pt.patient_id FROM person pe JOIN patient pt ON pt.patient_id = pe.person_id WHERE pe.uuid = ?", &[uuid.into()])
         .await?
@@ -757,7 +787,7 @@ pub async fn fetch_patient(session: &mut Session, model: &Model, child: &Child, 
     }
     insert_catchment(session, &child.name, uuid, "fetched").await?;
     let items = patient_record(session, model, uuid, &mut LookupCache::default()).await?;
-    exchange::audit(session, &child.name, "patient-fetch", Some(uuid), &format!("{} rows sent", items.len())).await?;
+    exchange::audit(session, &child.name, "patient-fetch", Some(uuid), &format!("{} rows sent; reason: {reason}", items.len())).await?;
     tracing::info!(child = %child.name, patient = uuid, rows = items.len(), "patient fetched into a child's catchment");
     Ok(Record { patient_uuid: uuid.into(), items })
 }
