@@ -50,6 +50,10 @@ enum Command {
     /// Register, list and revoke the children that sync with this server as their parent.
     #[command(subcommand)]
     Child(ChildCommand),
+    /// Tokens for feed readers (subscribers, replicas, monitoring): create, list, revoke, rotate.
+    /// They are checked when `[auth] required = true`.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Conflicts found when children pushed changes this server also changed.
     #[command(subcommand)]
     Conflicts(feedsync_cli::ConflictsCommand),
@@ -149,6 +153,139 @@ struct Common {
     /// TOML config file; see examples/feed-publisher.toml for every key and its default.
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it as the last line of standard output (shown once).
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// A name for who holds it: letters, digits, '-' and '_'.
+        #[arg(long)]
+        name: String,
+        /// What it is for, comma-separated: feeds, replica, admin, metrics.
+        #[arg(long)]
+        scope: String,
+        /// Categories it may read, comma-separated; `*` (the default) for all.
+        #[arg(long, value_delimiter = ',')]
+        categories: Vec<String>,
+        /// When it stops working: e.g. 90d or 12h; never when omitted.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// The tokens, without their values.
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a token now.
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        name: String,
+    },
+    /// Give a token a new value (printed as the last line); the old one works for
+    /// `--overlap-hours` more.
+    Rotate {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        name: String,
+        /// How long the old value stays valid, in hours (0: it ends now; at most 720).
+        #[arg(long, default_value_t = 24)]
+        overlap_hours: u64,
+    },
+}
+
+/// `90d`, `12h`, `30m` as seconds.
+fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| anyhow::anyhow!("--expires {text:?}: write a number and a unit, e.g. 90d, 12h or 30m"))?;
+    let unit_s = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        _ => anyhow::bail!("--expires {text:?}: the unit is d, h or m (e.g. 90d)"),
+    };
+    Ok(n.saturating_mul(unit_s))
+}
+
+async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
+    use feedsync_node::auth;
+    let common = match &command {
+        TokenCommand::Create { common, .. } | TokenCommand::List { common, .. } | TokenCommand::Revoke { common, .. } | TokenCommand::Rotate { common, .. } => common,
+    };
+    let config = load_config(common)?;
+    config.validate()?;
+    let database = Database::from_url(&config.database_url)?;
+    let mut session = database.session().await?;
+    if !capture::list_tables(&mut session).await?.iter().any(|t| t == capture::EVENT_TABLE) {
+        bail!("capture is not installed on {}: run `feed-publisher install --db ...` first (tokens live beside the feeds)", database.display_name());
+    }
+    match &command {
+        TokenCommand::Create { name, scope, categories, expires, .. } => {
+            let scopes = auth::parse_scopes(scope)?;
+            let expires_s = expires.as_deref().map(parse_duration_s).transpose()?;
+            let token = auth::create_token(&mut session, name, &scopes, categories, expires_s).await?;
+            feedsync_node::exchange::audit(&mut session, "feed-publisher", "token-create", None, &format!("token {name}: scopes {scope}")).await?;
+            if !config.auth.required {
+                eprintln!("note: [auth] required is off in this config, so the feeds do not ask for tokens yet");
+            }
+            eprintln!("token {name} created; it is shown once, keep it secret:");
+            println!("{token}");
+        }
+        TokenCommand::List { json, .. } => {
+            let tokens = auth::list_tokens(&mut session).await?;
+            if *json {
+                let list: Vec<serde_json::Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "name": t.name,
+                            "scopes": t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                            "categories": t.categories,
+                            "created_at": t.created_at,
+                            "expires_at": t.expires_at,
+                            "revoked_at": t.revoked_at,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if tokens.is_empty() {
+                println!("no tokens; `feed-publisher token create --name NAME --scope feeds` makes one");
+            } else {
+                for t in &tokens {
+                    let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+                    let state = match (&t.revoked_at, &t.expires_at) {
+                        (Some(at), _) => format!("revoked {at}"),
+                        (None, Some(at)) => format!("expires {at}"),
+                        (None, None) => "no expiry".to_owned(),
+                    };
+                    println!("{}  scopes {}  categories {}  created {}  {state}", t.name, scopes.join(","), t.categories.join(","), t.created_at);
+                }
+            }
+        }
+        TokenCommand::Revoke { name, .. } => {
+            auth::revoke_token(&mut session, name).await?;
+            feedsync_node::exchange::audit(&mut session, "feed-publisher", "token-revoke", None, &format!("token {name}")).await?;
+            println!("token {name} revoked: it is refused from now on");
+        }
+        TokenCommand::Rotate { name, overlap_hours, .. } => {
+            anyhow::ensure!(*overlap_hours <= 720, "--overlap-hours {overlap_hours} is more than 720 (30 days): give the old value less time");
+            let token = auth::rotate_token(&mut session, name, overlap_hours * 3_600).await?;
+            feedsync_node::exchange::audit(&mut session, "feed-publisher", "token-rotate", None, &format!("token {name}: old value valid {overlap_hours} h more")).await?;
+            eprintln!("token {name} has a new value (the old one works for {overlap_hours} h more); shown once, keep it secret:");
+            println!("{token}");
+        }
+    }
+    drop(session);
+    database.close().await;
+    Ok(())
 }
 
 #[derive(Args)]
@@ -285,6 +422,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server::serve_until_ctrl_c(database, model, config).await?;
         }
         Command::Child(command) => child_command(command).await?,
+        Command::Token(command) => token_command(command).await?,
         Command::Conflicts(command) => feedsync_cli::conflicts(command).await?,
         Command::Usb(command) => usb_command(command).await?,
         Command::Status(args) => {

@@ -293,15 +293,19 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
         let (feed, page) = rest.split_once('/').ok_or_else(|| {
             HttpError::new(StatusCode::NOT_FOUND, format!("no such path {path}"), "feeds are at /ws/atomfeed/{category}/recent and /ws/atomfeed/{category}/{n}")
         })?;
+        check_feed_access(app, request.headers(), &[feed]).await?;
         return feed_page(app, &request, feed, page).await;
     }
     if path == ATOMFEED_PATH {
         require_get(&method)?;
+        check_feed_access(app, request.headers(), &[]).await?;
         return feed_list(app).await;
     }
     if let Some(rest) = path.strip_prefix(&format!("{RESOURCE_PATH}/")) {
         require_get(&method)?;
-        return single_resource(app, &format!("{RESOURCE_PATH}/{rest}")).await;
+        let link = format!("{RESOURCE_PATH}/{rest}");
+        check_feed_access(app, request.headers(), &[link_category(app, &link).as_str()]).await?;
+        return single_resource(app, &link).await;
     }
     if path == BATCH_PATH {
         if method != Method::POST {
@@ -455,6 +459,7 @@ async fn single_resource(app: &App, path: &str) -> Result<Reply, HttpError> {
 }
 
 async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError> {
+    let headers = request.headers().clone();
     let (body, _slot) = read_body(app, request, app.config.limits.request_body_bytes_max, "send fewer links per request").await?;
     let request: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
         HttpError::new(StatusCode::BAD_REQUEST, format!("batch request is not valid JSON: {e}"), "send {\"resources\": [\"/ws/feedsync/resource/{table}/{key}\", ...]}")
@@ -467,6 +472,9 @@ async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
             "split the list into several requests",
         ));
     }
+    let categories: Vec<String> = request.resources.iter().map(|link| link_category(app, link)).collect();
+    let categories: Vec<&str> = categories.iter().map(String::as_str).collect();
+    check_feed_access(app, &headers, &categories).await?;
     let mut session = app.database.session().await?;
     let mut cache = LookupCache::default();
     let mut resources = Vec::with_capacity(request.resources.len());
@@ -477,10 +485,8 @@ async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
 }
 
 /// Reads a request body of at most `max` bytes (refused early when `Content-Length` says more),
-/// decompressing `Content-Encoding: gzip` within the same limit. `smaller` says how to send
-/// less, for the 413 answer. The one body reader of every route.
-/// Reads a request's body (at most `max` bytes, within `limits.body_read_timeout_ms`), then
-/// takes the request's slot ([`handle`] leaves requests with a body without one until here):
+/// within `limits.body_read_timeout_ms`, decompressing `Content-Encoding: gzip` within the same
+/// limit (`smaller` says how to send less, for the 413 answer), then takes the request's slot ([`handle`] leaves requests with a body without one until here):
 /// keep the returned permit while the request works.
 pub(crate) async fn read_body<'a>(app: &'a App, request: Request<Incoming>, max: usize, smaller: &'static str) -> Result<(Bytes, Option<SemaphorePermit<'a>>), HttpError> {
     // A request that announced no body already holds its slot (taken in `handle`).
@@ -488,6 +494,48 @@ pub(crate) async fn read_body<'a>(app: &'a App, request: Request<Incoming>, max:
     let bytes = read_body_bytes(request, max, smaller, Duration::from_millis(app.config.limits.body_read_timeout_ms)).await?;
     let permit = if has_slot { None } else { Some(app.requests.acquire().await.expect("semaphore open")) };
     Ok((bytes, permit))
+}
+
+/// The category a resource link belongs to (its table's, or the table name for a table this
+/// server does not publish, which then answers 404 anyway).
+fn link_category(app: &App, link: &str) -> String {
+    let table = feedsync_wire::resource::parse_resource_link(link, &app.config.server.path_prefix).map(|(table, _)| table).unwrap_or_default();
+    app.model.entity(&table).map_or(table, |e| e.category.clone())
+}
+
+/// `[auth]`: with `required` on, feeds, resources and batch answers go only to a bearer token
+/// that may read every one of `categories` (see `feedsync_node::auth::may_read`), or need none
+/// when all of them are `anonymous_categories` (an empty list: the feed list, which needs a
+/// token unless some category is anonymous).
+async fn check_feed_access(app: &App, headers: &hyper::HeaderMap, categories: &[&str]) -> Result<(), HttpError> {
+    let auth = &app.config.auth;
+    if !auth.required {
+        return Ok(());
+    }
+    let anonymous = |c: &&str| auth.anonymous_categories.iter().any(|a| a == c);
+    if if categories.is_empty() { !auth.anonymous_categories.is_empty() } else { categories.iter().all(anonymous) } {
+        return Ok(());
+    }
+    const HINT: &str = "send Authorization: Bearer <token>, with a token from `feed-publisher token create --scope feeds`";
+    let offered = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let Some(offered) = offered.filter(|t| !t.is_empty()) else {
+        return Err(HttpError::new(StatusCode::UNAUTHORIZED, "this server's feeds need a token", HINT));
+    };
+    let mut session = app.database.session().await?;
+    let Some(token) = feedsync_node::auth::token_for(&mut session, offered).await? else {
+        return Err(HttpError::new(StatusCode::UNAUTHORIZED, "token not accepted (unknown, revoked or expired)", HINT));
+    };
+    if let Some(category) = categories.iter().find(|c| !anonymous(c) && !feedsync_node::auth::may_read(&token, c)) {
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            format!("token {:?} may not read category {category:?}", token.name),
+            "ask for a token with that category (`token create --categories ...`), or read only the categories it has",
+        ));
+    }
+    if categories.is_empty() && !token.scopes.iter().any(|s| matches!(s, feedsync_node::auth::Scope::Feeds | feedsync_node::auth::Scope::Replica)) {
+        return Err(HttpError::new(StatusCode::FORBIDDEN, format!("token {:?} has no feeds or replica scope", token.name), HINT));
+    }
+    Ok(())
 }
 
 /// Marks a request whose slot `handle` took (it announced no body).

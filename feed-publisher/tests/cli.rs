@@ -46,3 +46,33 @@ fn serve_refuses_a_guessable_admin_token() {
     assert!(err.contains("7 characters long; at least 32") && err.contains("openssl rand -hex 16"), "{err}");
     assert!(!err.contains("letmein"), "the token is never printed: {err}");
 }
+
+#[test]
+fn tokens_are_created_listed_and_revoked_from_the_command_line() {
+    let Some(test) = TestDatabase::create(Source::Sqlite25) else { return };
+    let run = |args: &[&str]| Command::new(PUBLISHER).args(args).args(["--db", &test.url]).output().unwrap();
+    let out = run(&["token", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run `feed-publisher install"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(run(&["install"]).status.success());
+    let out = run(&["token", "create", "--name", "district-replica", "--scope", "replica,metrics", "--expires", "90d"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = stdout.lines().last().unwrap();
+    assert!(token.starts_with("fst_") && token.len() == 68, "the token is the last line: {stdout}");
+    let out = run(&["token", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["name"], "district-replica");
+    assert_eq!(list[0]["scopes"], serde_json::json!(["replica", "metrics"]));
+    assert!(list[0]["expires_at"].is_string() && list[0]["revoked_at"].is_null(), "{list}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(token), "values are never listed");
+    let out = run(&["token", "create", "--name", "x", "--scope", "root"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("feeds, replica, admin or metrics"));
+    let out = run(&["token", "create", "--name", "y", "--scope", "feeds", "--expires", "soon"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("e.g. 90d"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(run(&["token", "revoke", "--name", "district-replica"]).status.success());
+    let out = run(&["token", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list[0]["revoked_at"].is_string(), "{list}");
+}

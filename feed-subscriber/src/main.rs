@@ -174,7 +174,9 @@ struct RunArgs {
     /// database's changes up, apply the parent's down. Needs --token.
     #[arg(long, env = "FEEDSYNC_PARENT")]
     parent: Option<String>,
-    /// This child's token, from `feed-publisher child add` at the parent.
+    /// This child's token, from `feed-publisher child add` at the parent; with --feed, the
+    /// token the publisher's feeds ask for (`feed-publisher token create --scope feeds`), sent
+    /// to the feeds' own servers only.
     #[arg(long, env = "FEEDSYNC_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics while running, e.g. 127.0.0.1:9187 (no
@@ -267,7 +269,7 @@ const NOTIFY_DRAIN_MS_MAX: u64 = 10_000;
 
 /// `run --sink`: follows the feeds into a sink instead of a database. Progress goes to
 /// standard error, which stays free when the sink is standard output.
-async fn run_into_sink(config: &Config, spec: &str, state_db: Option<&str>, once: bool) -> anyhow::Result<()> {
+async fn run_into_sink(config: &Config, spec: &str, state_db: Option<&str>, once: bool, token: Option<&str>) -> anyhow::Result<()> {
     anyhow::ensure!(!config.feeds.is_empty(), "no feed given: pass --feed URL (repeatable) or set feeds = [...]");
     let state_url = state_db.context("--sink needs --state-db URL (sqlite://FILE or mysql://...): the markers are kept there")?;
     let state_db = Database::from_url(state_url)?;
@@ -276,6 +278,8 @@ async fn run_into_sink(config: &Config, spec: &str, state_db: Option<&str>, once
     if let Ok(credentials) = std::env::var("FEEDSYNC_FEED_CREDENTIALS") {
         // To the feeds' own servers only, never to a host a feed's links name.
         client = client.with_basic_auth(&credentials).with_credentials_only_to(&config.feeds);
+    } else if let Some(token) = token {
+        client = client.with_bearer(token).with_credentials_only_to(&config.feeds);
     }
     let limits = SinkLimits { poll_interval_ms: config.poll_interval_ms, ..SinkLimits::default() };
     let p = tokio::select! {
@@ -336,7 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(spec) = &args.sink {
                 anyhow::ensure!(args.metrics_listen.is_none(), "--metrics-listen works with a database or --parent, not yet with --sink");
-                return run_into_sink(&config, spec, args.state_db.as_deref(), args.once).await;
+                return run_into_sink(&config, spec, args.state_db.as_deref(), args.once, args.token.as_deref()).await;
             }
             if let Some(db) = args.db {
                 config.database_url = db;
@@ -357,7 +361,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (metrics, _metrics_stop) = start_metrics(args.metrics_listen.as_deref(), &database).await?;
             let password = std::env::var("FEEDSYNC_OPENMRS_PASSWORD").ok();
             let notifier = config.notifier_config(&database, password.as_deref()).map(Notifier::new);
-            let mut subscriber = Subscriber::new(database, model, feed_subscriber::client::subscriber_client(Default::default()), config.path_prefix.clone());
+            let mut client = feed_subscriber::client::subscriber_client(Default::default());
+            if let Some(token) = &args.token {
+                client = client.with_bearer(token).with_credentials_only_to(&config.feeds);
+            }
+            let mut subscriber = Subscriber::new(database, model, client, config.path_prefix.clone());
             if let Some((notifier, _)) = &notifier {
                 subscriber = subscriber.with_notifier(notifier.clone());
             }

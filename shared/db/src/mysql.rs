@@ -280,6 +280,13 @@ pub(crate) fn create_tables(set: TableSet) -> Vec<String> {
                  valid_until DATETIME(3) NOT NULL, KEY feedsync_child_token_child (child)\
                  ) {TABLE_OPTIONS}"
             ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {TOKEN_TABLE} (name VARCHAR(64) NOT NULL PRIMARY KEY, token_hash CHAR(64) NOT NULL, \
+                 scopes VARCHAR(255) NOT NULL, categories TEXT NOT NULL, created_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3), \
+                 expires_at DATETIME(3) NULL, revoked_at DATETIME(3) NULL, previous_hash CHAR(64) NULL, previous_valid_until DATETIME(3) NULL, \
+                 UNIQUE KEY feedsync_token_hash (token_hash), KEY feedsync_token_previous (previous_hash)\
+                 ) {TABLE_OPTIONS}"
+            ),
         ],
         TableSet::Subscriber => vec![
             format!(

@@ -201,6 +201,11 @@ pub(crate) fn create_tables(set: TableSet) -> Vec<String> {
             // that predate the network got it when the network tables came.
             format!("CREATE INDEX IF NOT EXISTS feedsync_event_patient ON {EVENT_TABLE} (patient_uuid, event_seq)"),
             format!("CREATE TABLE IF NOT EXISTS {CHILD_TOKEN_TABLE} (token_hash TEXT NOT NULL PRIMARY KEY, child TEXT NOT NULL, valid_until TEXT NOT NULL)"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {TOKEN_TABLE} (name TEXT NOT NULL PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, scopes TEXT NOT NULL, \
+                 categories TEXT NOT NULL, created_at TEXT NOT NULL DEFAULT ({NOW}), expires_at TEXT NULL, revoked_at TEXT NULL, \
+                 previous_hash TEXT NULL, previous_valid_until TEXT NULL)"
+            ),
         ],
         TableSet::Subscriber => vec![
             format!(

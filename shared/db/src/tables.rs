@@ -29,6 +29,9 @@ pub const MYSQL_ORIGIN_VARIABLE: &str = "@feedsync_origin";
 // The network (`feedsync_node::exchange`, `parent`).
 pub const CHILD_TABLE: &str = "feedsync_child";
 pub const CATCHMENT_TABLE: &str = "feedsync_catchment";
+/// Feed readers' tokens (`feed-publisher token create`): scopes, categories, expiry, and the
+/// previous token during a rotation's overlap.
+pub const TOKEN_TABLE: &str = "feedsync_token";
 /// A child's earlier tokens, each valid until the overlap a rotation gave it ends.
 pub const CHILD_TOKEN_TABLE: &str = "feedsync_child_token";
 pub const BASE_TABLE: &str = "feedsync_base";
@@ -73,7 +76,7 @@ impl TableSet {
         match self {
             TableSet::Capture => &[JOURNAL_TABLE, EVENT_TABLE, PAGE_TABLE, STATE_TABLE, ORIGIN_TABLE],
             TableSet::Network => {
-                &[OUTBOX_TABLE, COMMAND_TABLE, CHILD_TABLE, CATCHMENT_TABLE, BASE_TABLE, CONFLICT_TABLE, AUDIT_TABLE, INBOX_TABLE, CHILD_TOKEN_TABLE]
+                &[OUTBOX_TABLE, COMMAND_TABLE, CHILD_TABLE, CATCHMENT_TABLE, BASE_TABLE, CONFLICT_TABLE, AUDIT_TABLE, INBOX_TABLE, CHILD_TOKEN_TABLE, TOKEN_TABLE]
             }
             TableSet::Subscriber => &[FEED_TABLE, CHANGE_TABLE, ORIGIN_TABLE],
             TableSet::DashboardRounds => &[ROUND_TABLE],
@@ -185,7 +188,7 @@ mod tests {
     #[test]
     fn every_table_carries_the_prefix_and_is_listed_once() {
         let all = all_tables();
-        assert_eq!(all.len(), 18, "{all:?}");
+        assert_eq!(all.len(), 19, "{all:?}");
         for table in &all {
             assert!(table.starts_with(PREFIX), "{table} lacks the reserved prefix: uninstall would leave it behind");
         }

@@ -24,6 +24,21 @@ pub struct Config {
     /// `/ws/feedsync/status`, `/metrics` and the dashboard show them (see `alerts.rs`).
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// Who may read the feeds, resources and batch fetch.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: whether the feeds need a token (`feed-publisher token create`), and the
+/// categories anyone may read without one (a public metadata feed, say).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Feeds, resources and batch fetch answer only a token with the `feeds` or `replica`
+    /// scope and the category. Off by default in this version (see the README).
+    pub required: bool,
+    /// Categories readable without a token even when `required` is on.
+    pub anonymous_categories: Vec<String>,
 }
 
 pub use feedsync_wire::alerts::AlertsConfig;
@@ -109,6 +124,7 @@ impl Default for Config {
             links: BTreeMap::new(),
             network: Default::default(),
             alerts: AlertsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::lookup::LookupCache;
 use feedsync_wire::network::{Base, Conflict, HeldItem, Item, PolicyConfig, PushRequest};
 use feedsync_wire::resource::{Resource, Tombstone, content_hash};
 
-pub use feedsync_db::tables::{AUDIT_TABLE, BASE_TABLE, CATCHMENT_TABLE, CHILD_TABLE, CHILD_TOKEN_TABLE, COMMAND_TABLE, CONFLICT_TABLE, INBOX_TABLE, OUTBOX_TABLE};
+pub use feedsync_db::tables::{AUDIT_TABLE, BASE_TABLE, CATCHMENT_TABLE, CHILD_TABLE, CHILD_TOKEN_TABLE, COMMAND_TABLE, CONFLICT_TABLE, INBOX_TABLE, OUTBOX_TABLE, TOKEN_TABLE};
 
 /// The origin of writes applied from this node's parent.
 pub const ORIGIN_PARENT: &str = "parent";

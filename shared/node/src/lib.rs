@@ -6,6 +6,7 @@
 //! progress line long work shows on a terminal (`progress`).
 
 pub mod apply;
+pub mod auth;
 pub mod capture;
 pub mod clock;
 pub mod config;

@@ -1,0 +1,86 @@
+//! `[auth] required = true`: feeds, resources and batch fetch answer only a token that may read
+//! the category (or a category the operator made anonymous); tokens expire, are revoked, and
+//! rotate with an overlap; a subscriber reads a protected feed with its token.
+
+use feed_subscriber::client::HttpClient;
+use feed_subscriber::reader::FeedReader;
+use feedsync_node::auth::{self, Scope};
+use feedsync_sim::publisher::{Publisher, http};
+use feedsync_sim::testdb::{Source, TestDatabase};
+use feedsync_sim::workload::{self, WorkloadConfig};
+use feedsync_wire::resource::BATCH_PATH;
+
+async fn status(publisher: &Publisher, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> u16 {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    http(publisher.addr, method, path, &headers, body).await.status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_answer_only_tokens_that_may_read_them() {
+    let Some(db) = TestDatabase::create(Source::Sqlite25) else { return };
+    let publisher = Publisher::start(&db.database, |c| {
+        c.auth.required = true;
+        c.auth.anonymous_categories = vec!["location".into()];
+    })
+    .await;
+    let mut s = db.database.session().await.unwrap();
+    workload::run(&mut s, &WorkloadConfig { seed: 3, ..WorkloadConfig::default() }).await.unwrap();
+    publisher.publish().await;
+    let patient = s.query("SELECT uuid FROM person WHERE person_id = (SELECT MAX(patient_id) FROM patient)", &[]).await.unwrap()[0].text("uuid").unwrap();
+    let obs = s.query("SELECT uuid FROM obs ORDER BY obs_id DESC LIMIT 1", &[]).await.unwrap()[0].text("uuid").unwrap();
+    let (patient_link, obs_link) = (format!("/ws/feedsync/resource/patient/{patient}"), format!("/ws/feedsync/resource/obs/{obs}"));
+
+    let reader = auth::create_token(&mut s, "clinic-reports", &[Scope::Feeds], &["patient".into()], None).await.unwrap();
+    let replica = auth::create_token(&mut s, "district-replica", &[Scope::Replica], &[], Some(86_400)).await.unwrap();
+    let monitor = auth::create_token(&mut s, "monitor", &[Scope::Metrics], &[], None).await.unwrap();
+    let p = &publisher;
+    // No token, a wrong one, a token without a reading scope.
+    for token in [None, Some("fst_nope"), Some(monitor.as_str())] {
+        let expected = if token == Some(monitor.as_str()) { 403 } else { 401 };
+        assert_eq!(status(p, "GET", "/ws/atomfeed/patient/recent", token, None).await, expected, "{token:?}");
+        assert_eq!(status(p, "GET", &patient_link, token, None).await, expected, "{token:?}");
+        assert_eq!(status(p, "GET", "/ws/atomfeed", token, None).await, 200, "the feed list: a category is anonymous");
+    }
+    // A token reads its categories only; `all` needs every category.
+    assert_eq!(status(p, "GET", "/ws/atomfeed/patient/recent", Some(&reader), None).await, 200);
+    assert_eq!(status(p, "GET", &patient_link, Some(&reader), None).await, 200);
+    assert_eq!(status(p, "GET", &obs_link, Some(&reader), None).await, 403);
+    assert_eq!(status(p, "GET", "/ws/atomfeed/observation/recent", Some(&reader), None).await, 403);
+    assert_eq!(status(p, "GET", "/ws/atomfeed/all/recent", Some(&reader), None).await, 403);
+    assert_eq!(status(p, "GET", "/ws/atomfeed/all/recent", Some(&replica), None).await, 200);
+    let batch = format!("{{\"resources\": [\"{patient_link}\", \"{obs_link}\"]}}");
+    assert_eq!(status(p, "POST", BATCH_PATH, Some(&reader), Some(batch.as_bytes())).await, 403, "one link outside its categories refuses the batch");
+    assert_eq!(status(p, "POST", BATCH_PATH, Some(&replica), Some(batch.as_bytes())).await, 200);
+    // The anonymous category, and health, need nothing.
+    assert_eq!(status(p, "GET", "/ws/atomfeed/location/recent", None, None).await, 200);
+    assert_eq!(status(p, "GET", "/ws/feedsync/health", None, None).await, 200);
+
+    // A subscriber reads the protected feed with its token (sent to the feed's own server only).
+    let feed = format!("http://{}/ws/atomfeed/all/recent", p.addr);
+    let client = HttpClient::default().with_bearer(&replica).with_credentials_only_to(std::slice::from_ref(&feed));
+    let batch = FeedReader::new(client, feed.clone()).read_after(None, 50).await.expect("the replica token reads the feed");
+    assert!(!batch.entries.is_empty());
+    assert!(FeedReader::new(HttpClient::default(), feed).read_after(None, 50).await.is_err(), "without it, no");
+
+    // Rotation with an overlap, then without; revocation; expiry.
+    let second = auth::rotate_token(&mut s, "clinic-reports", 3_600).await.unwrap();
+    assert_eq!(status(p, "GET", "/ws/atomfeed/patient/recent", Some(&reader), None).await, 200, "the old value within the overlap");
+    assert_eq!(status(p, "GET", "/ws/atomfeed/patient/recent", Some(&second), None).await, 200);
+    let third = auth::rotate_token(&mut s, "clinic-reports", 0).await.unwrap();
+    assert_eq!(status(p, "GET", "/ws/atomfeed/patient/recent", Some(&second), None).await, 401, "rotated without overlap");
+    assert_eq!(status(p, "GET", "/ws/atomfeed/patient/recent", Some(&third), None).await, 200);
+    auth::revoke_token(&mut s, "clinic-reports").await.unwrap();
+    assert_eq!(status(p, "GET", "/ws/atomfeed/patient/recent", Some(&third), None).await, 401, "revoked");
+    assert!(auth::rotate_token(&mut s, "clinic-reports", 0).await.is_err(), "a revoked token cannot rotate");
+    s.execute("UPDATE feedsync_token SET expires_at = '2020-01-01 00:00:00.000' WHERE name = 'district-replica'", &[]).await.unwrap();
+    assert_eq!(status(p, "GET", "/ws/atomfeed/all/recent", Some(&replica), None).await, 401, "expired");
+    // Only hashes are kept.
+    let stored: Vec<String> = s.query("SELECT token_hash FROM feedsync_token", &[]).await.unwrap().iter().filter_map(|r| r.text("token_hash")).collect();
+    assert!(stored.iter().all(|h| h.len() == 64 && !h.starts_with("fst_")), "{stored:?}");
+    let names: Vec<String> = auth::list_tokens(&mut s).await.unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["clinic-reports", "district-replica", "monitor"]);
+}
