@@ -126,23 +126,10 @@ enum ChildCommand {
     },
     /// End a child's access: its token gets 401 from now on. Its data stays, and the name may
     /// be registered again with `child add` (a new token, positions afresh, its catchment kept).
-    Revoke {
-        #[command(flatten)]
-        common: Common,
-        #[arg(long)]
-        name: String,
-    },
+    Revoke(NamedArgs),
     /// Give a child a new token (printed as the last line); the old one keeps working for
     /// `--overlap-hours` so the child's operator can switch without a gap.
-    Rotate {
-        #[command(flatten)]
-        common: Common,
-        #[arg(long)]
-        name: String,
-        /// How long the old token stays valid, in hours (0: it ends now; at most 720).
-        #[arg(long, default_value_t = 24)]
-        overlap_hours: u64,
-    },
+    Rotate(RotateArgs),
 }
 
 #[derive(Args)]
@@ -182,23 +169,38 @@ enum TokenCommand {
         json: bool,
     },
     /// End a token now.
-    Revoke {
-        #[command(flatten)]
-        common: Common,
-        #[arg(long)]
-        name: String,
-    },
+    Revoke(NamedArgs),
     /// Give a token a new value (printed as the last line); the old one works for
     /// `--overlap-hours` more.
-    Rotate {
-        #[command(flatten)]
-        common: Common,
-        #[arg(long)]
-        name: String,
-        /// How long the old value stays valid, in hours (0: it ends now; at most 720).
-        #[arg(long, default_value_t = 24)]
-        overlap_hours: u64,
-    },
+    Rotate(RotateArgs),
+}
+
+/// A child or token by name.
+#[derive(Args)]
+struct NamedArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    name: String,
+}
+
+/// A new token for a child or a feed reader, the old one valid a while longer.
+#[derive(Args)]
+struct RotateArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    name: String,
+    /// How long the old token stays valid, in hours (0: it ends now; at most 720).
+    #[arg(long, default_value_t = 24)]
+    overlap_hours: u64,
+}
+
+impl RotateArgs {
+    fn overlap_s(&self) -> anyhow::Result<u64> {
+        anyhow::ensure!(self.overlap_hours <= 720, "--overlap-hours {} is more than 720 (30 days): give the old token less time", self.overlap_hours);
+        Ok(self.overlap_hours * 3_600)
+    }
 }
 
 /// `90d`, `12h`, `30m` as seconds.
@@ -218,7 +220,8 @@ fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
 async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
     use feedsync_node::auth;
     let common = match &command {
-        TokenCommand::Create { common, .. } | TokenCommand::List { common, .. } | TokenCommand::Revoke { common, .. } | TokenCommand::Rotate { common, .. } => common,
+        TokenCommand::Create { common, .. } | TokenCommand::List { common, .. } => common,
+        TokenCommand::Revoke(NamedArgs { common, .. }) | TokenCommand::Rotate(RotateArgs { common, .. }) => common,
     };
     let config = load_config(common)?;
     config.validate()?;
@@ -270,14 +273,14 @@ async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        TokenCommand::Revoke { name, .. } => {
+        TokenCommand::Revoke(NamedArgs { name, .. }) => {
             auth::revoke_token(&mut session, name).await?;
             feedsync_node::exchange::audit(&mut session, "feed-publisher", "token-revoke", None, &format!("token {name}")).await?;
             println!("token {name} revoked: it is refused from now on");
         }
-        TokenCommand::Rotate { name, overlap_hours, .. } => {
-            anyhow::ensure!(*overlap_hours <= 720, "--overlap-hours {overlap_hours} is more than 720 (30 days): give the old value less time");
-            let token = auth::rotate_token(&mut session, name, overlap_hours * 3_600).await?;
+        TokenCommand::Rotate(args) => {
+            let (name, overlap_hours) = (&args.name, args.overlap_hours);
+            let token = auth::rotate_token(&mut session, name, args.overlap_s()?).await?;
             feedsync_node::exchange::audit(&mut session, "feed-publisher", "token-rotate", None, &format!("token {name}: old value valid {overlap_hours} h more")).await?;
             eprintln!("token {name} has a new value (the old one works for {overlap_hours} h more); shown once, keep it secret:");
             println!("{token}");
@@ -491,7 +494,8 @@ async fn usb_command(command: UsbCommand) -> anyhow::Result<()> {
 async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
     use feedsync_node::parent as network;
     let common = match &command {
-        ChildCommand::Add { common, .. } | ChildCommand::List { common, .. } | ChildCommand::Revoke { common, .. } | ChildCommand::Rotate { common, .. } => common,
+        ChildCommand::Add { common, .. } | ChildCommand::List { common, .. } => common,
+        ChildCommand::Revoke(NamedArgs { common, .. }) | ChildCommand::Rotate(RotateArgs { common, .. }) => common,
     };
     let config = load_config(common)?;
     config.validate()?;
@@ -528,13 +532,13 @@ async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
                 println!("{} children", children.len());
             }
         }
-        ChildCommand::Revoke { name, .. } => {
+        ChildCommand::Revoke(NamedArgs { name, .. }) => {
             network::revoke_child(&mut session, name).await?;
             println!("child {name} revoked: its token is refused from now on");
         }
-        ChildCommand::Rotate { name, overlap_hours, .. } => {
-            anyhow::ensure!(*overlap_hours <= 720, "--overlap-hours {overlap_hours} is more than 720 (30 days): give the old token less time");
-            let token = network::rotate_child_token(&mut session, name, overlap_hours * 3_600).await?;
+        ChildCommand::Rotate(args) => {
+            let (name, overlap_hours) = (&args.name, args.overlap_hours);
+            let token = network::rotate_child_token(&mut session, name, args.overlap_s()?).await?;
             feedsync_node::exchange::audit(&mut session, "feed-publisher", "child-rotate", None, &format!("child {name}: new token, the old one valid {overlap_hours} h more")).await?;
             eprintln!("child {name} has a new token (the old one works for {overlap_hours} h more); shown once, keep it secret:");
             println!("{token}");
