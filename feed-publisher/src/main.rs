@@ -180,6 +180,7 @@ enum TokenCommand {
 struct NamedArgs {
     #[command(flatten)]
     common: Common,
+    /// The child's or token's name.
     #[arg(long)]
     name: String,
 }
@@ -189,6 +190,7 @@ struct NamedArgs {
 struct RotateArgs {
     #[command(flatten)]
     common: Common,
+    /// The child's or token's name.
     #[arg(long)]
     name: String,
     /// How long the old token stays valid, in hours (0: it ends now; at most 720).
