@@ -1,6 +1,8 @@
-//! `[auth] required = true`: feeds, resources and batch fetch answer only a token that may read
-//! the category (or a category the operator made anonymous); tokens expire, are revoked, and
-//! rotate with an overlap; a subscriber reads a protected feed with its token.
+//! `[auth] required = true` (the default): feeds, resources and batch fetch answer only a token
+//! that may read the category (or a category the operator made anonymous, or whoever the
+//! dashboard admits); tokens expire, are revoked, and rotate with an overlap; a subscriber reads
+//! a protected feed with its token. Requests here name the server `parent.example`, as one from
+//! another machine does (this machine's own requests are the dashboard's, and may read).
 
 use feed_subscriber::client::HttpClient;
 use feed_subscriber::reader::FeedReader;
@@ -13,6 +15,7 @@ use feedsync_wire::resource::BATCH_PATH;
 async fn status(publisher: &Publisher, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> u16 {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    headers.push(("host", "parent.example"));
     if body.is_some() {
         headers.push(("content-type", "application/json"));
     }
@@ -22,11 +25,8 @@ async fn status(publisher: &Publisher, method: &str, path: &str, token: Option<&
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feeds_answer_only_tokens_that_may_read_them() {
     let Some(db) = TestDatabase::create(Source::Sqlite25) else { return };
-    let publisher = Publisher::start(&db.database, |c| {
-        c.auth.required = true;
-        c.auth.anonymous_categories = vec!["location".into()];
-    })
-    .await;
+    let publisher = Publisher::start(&db.database, |c| c.auth.anonymous_categories = vec!["location".into()]).await;
+    assert!(publisher.app.config.auth.required, "on by default");
     let mut s = db.database.session().await.unwrap();
     workload::run(&mut s, &WorkloadConfig { seed: 3, ..WorkloadConfig::default() }).await.unwrap();
     publisher.publish().await;
@@ -64,7 +64,11 @@ async fn feeds_answer_only_tokens_that_may_read_them() {
     let client = HttpClient::default().with_bearer(&replica).with_credentials_only_to(std::slice::from_ref(&feed));
     let batch = FeedReader::new(client, feed.clone()).read_after(None, 50).await.expect("the replica token reads the feed");
     assert!(!batch.entries.is_empty());
-    assert!(FeedReader::new(HttpClient::default(), feed).read_after(None, 50).await.is_err(), "without it, no");
+    // This machine's own requests are the dashboard's: they read without a token (the
+    // dashboard shows the feeds), unless they come through a proxy.
+    assert_eq!(http(p.addr, "GET", "/ws/atomfeed/all/recent", &[], None).await.status, 200);
+    assert_eq!(http(p.addr, "GET", "/ws/atomfeed/all/recent", &[("x-forwarded-for", "41.186.0.9")], None).await.status, 401);
+    drop(feed);
 
     // Rotation with an overlap, then without; revocation; expiry.
     let second = auth::rotate_token(&mut s, "clinic-reports", 3_600).await.unwrap();

@@ -293,18 +293,18 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
         let (feed, page) = rest.split_once('/').ok_or_else(|| {
             HttpError::new(StatusCode::NOT_FOUND, format!("no such path {path}"), "feeds are at /ws/atomfeed/{category}/recent and /ws/atomfeed/{category}/{n}")
         })?;
-        check_feed_access(app, request.headers(), &[feed]).await?;
+        check_feed_access(app, &request, &[feed]).await?;
         return feed_page(app, &request, feed, page).await;
     }
     if path == ATOMFEED_PATH {
         require_get(&method)?;
-        check_feed_access(app, request.headers(), &[]).await?;
+        check_feed_access(app, &request, &[]).await?;
         return feed_list(app).await;
     }
     if let Some(rest) = path.strip_prefix(&format!("{RESOURCE_PATH}/")) {
         require_get(&method)?;
         let link = format!("{RESOURCE_PATH}/{rest}");
-        check_feed_access(app, request.headers(), &[link_category(app, &link).as_str()]).await?;
+        check_feed_access(app, &request, &[link_category(app, &link).as_str()]).await?;
         return single_resource(app, &link).await;
     }
     if path == BATCH_PATH {
@@ -459,7 +459,7 @@ async fn single_resource(app: &App, path: &str) -> Result<Reply, HttpError> {
 }
 
 async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError> {
-    let headers = request.headers().clone();
+    let (headers, peer) = (request.headers().clone(), request.extensions().get::<PeerAddr>().map(|p| p.0));
     let (body, _slot) = read_body(app, request, app.config.limits.request_body_bytes_max, "send fewer links per request").await?;
     let request: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
         HttpError::new(StatusCode::BAD_REQUEST, format!("batch request is not valid JSON: {e}"), "send {\"resources\": [\"/ws/feedsync/resource/{table}/{key}\", ...]}")
@@ -474,7 +474,7 @@ async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
     }
     let categories: Vec<String> = request.resources.iter().map(|link| link_category(app, link)).collect();
     let categories: Vec<&str> = categories.iter().map(String::as_str).collect();
-    check_feed_access(app, &headers, &categories).await?;
+    check_feed_access_by(app, peer, &headers, &categories).await?;
     let mut session = app.database.session().await?;
     let mut cache = LookupCache::default();
     let mut resources = Vec::with_capacity(request.resources.len());
@@ -503,13 +503,24 @@ fn link_category(app: &App, link: &str) -> String {
     app.model.entity(&table).map_or(table, |e| e.category.clone())
 }
 
-/// `[auth]`: with `required` on, feeds, resources and batch answers go only to a bearer token
-/// that may read every one of `categories` (see `feedsync_node::auth::may_read`), or need none
-/// when all of them are `anonymous_categories` (an empty list: the feed list, which needs a
-/// token unless some category is anonymous).
-async fn check_feed_access(app: &App, headers: &hyper::HeaderMap, categories: &[&str]) -> Result<(), HttpError> {
+async fn check_feed_access(app: &App, request: &Request<Incoming>, categories: &[&str]) -> Result<(), HttpError> {
+    check_feed_access_by(app, request.extensions().get::<PeerAddr>().map(|p| p.0), request.headers(), categories).await
+}
+
+/// `[auth]`: with `required` on (the default), feeds, resources and batch answers go only to a
+/// bearer token that may read every one of `categories` (see `feedsync_node::auth::may_read`),
+/// or need none when all of them are `anonymous_categories` (an empty list: the feed list,
+/// which needs a token unless some category is anonymous). Whoever the dashboard admits (this
+/// machine without an admin token; with one, that token or a login) reads them too: the
+/// dashboard shows the feeds, and it already shows that person every record.
+async fn check_feed_access_by(app: &App, peer: Option<SocketAddr>, headers: &hyper::HeaderMap, categories: &[&str]) -> Result<(), HttpError> {
     let auth = &app.config.auth;
     if !auth.required {
+        return Ok(());
+    }
+    let admin_token = std::env::var(crate::dashboard::ADMIN_TOKEN_ENV).ok();
+    let now = std::time::Instant::now();
+    if crate::dashboard::check_access(peer, headers, admin_token.as_deref().filter(|t| !t.trim().is_empty()), &|id| app.admin_sessions.csrf_of(id, now).is_some()).is_ok() {
         return Ok(());
     }
     let anonymous = |c: &&str| auth.anonymous_categories.iter().any(|a| a == c);

@@ -31,17 +31,23 @@ pub struct Config {
 
 /// `[auth]`: whether the feeds need a token (`feed-publisher token create`), and the
 /// categories anyone may read without one (a public metadata feed, say).
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Feeds, resources and batch fetch answer only a token with the `feeds` or `replica`
-    /// scope and the category. Off by default in this version (see the README).
+    /// scope and the category (or whoever the dashboard admits). On by default.
     pub required: bool,
     /// Categories readable without a token even when `required` is on.
     pub anonymous_categories: Vec<String>,
 }
 
 pub use feedsync_wire::alerts::AlertsConfig;
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { required: true, anonymous_categories: Vec::new() }
+    }
+}
 
 /// Observations kept per child and queue (the bound on `queue_growing_observations`).
 pub const QUEUE_OBSERVATIONS_MAX: usize = 100;
