@@ -574,14 +574,16 @@ impl Publisher {
         let (app_in_loop, log) = (app.clone(), seen.clone());
         tokio::spawn(async move {
             loop {
-                let stream = tokio::select! {
-                    accepted = listener.accept() => match accepted { Ok((stream, _)) => stream, Err(_) => continue },
+                let (stream, peer) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(pair) => pair, Err(_) => continue },
                     _ = stopped.changed() => return,
                 };
                 let (app, log) = (app_in_loop.clone(), log.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                         let (app, log) = (app.clone(), log.clone());
+                        // As `server::serve` does: the peer decides what this machine may read.
+                        request.extensions_mut().insert(server::PeerAddr(peer));
                         async move {
                             log.lock().unwrap().push(format!("{} {}", request.method(), request.uri().path()));
                             Ok::<_, Infallible>(server::handle(app, request).await)

@@ -24,7 +24,7 @@ fn demo_comes_up_and_serves_the_simulated_clinic() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let body = loop {
         // Err while the demo is not listening yet.
-        if let Ok(reply) = runtime.block_on(try_http(addr, "GET", "/ws/atomfeed/patient/recent", &[("host", "x")], None)) {
+        if let Ok(reply) = runtime.block_on(try_http(addr, "GET", "/ws/atomfeed/patient/recent", &[], None)) {
             let text = reply.text();
             if text.contains("<entry>") {
                 break text;
