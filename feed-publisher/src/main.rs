@@ -118,12 +118,7 @@ enum ChildCommand {
         address: Vec<String>,
     },
     /// Every registered child: last contact, acknowledged events, catchment size, held changes.
-    List {
-        #[command(flatten)]
-        common: Common,
-        #[arg(long)]
-        json: bool,
-    },
+    List(ListArgs),
     /// End a child's access: its token gets 401 from now on. Its data stays, and the name may
     /// be registered again with `child add` (a new token, positions afresh, its catchment kept).
     Revoke(NamedArgs),
@@ -162,17 +157,22 @@ enum TokenCommand {
         expires: Option<String>,
     },
     /// The tokens, without their values.
-    List {
-        #[command(flatten)]
-        common: Common,
-        #[arg(long)]
-        json: bool,
-    },
+    List(ListArgs),
     /// End a token now.
     Revoke(NamedArgs),
     /// Give a token a new value (printed as the last line); the old one works for
     /// `--overlap-hours` more.
     Rotate(RotateArgs),
+}
+
+/// A list of children or tokens.
+#[derive(Args)]
+struct ListArgs {
+    #[command(flatten)]
+    common: Common,
+    /// As JSON, for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 /// A child or token by name.
@@ -222,7 +222,7 @@ fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
 async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
     use feedsync_node::auth;
     let common = match &command {
-        TokenCommand::Create { common, .. } | TokenCommand::List { common, .. } => common,
+        TokenCommand::Create { common, .. } | TokenCommand::List(ListArgs { common, .. }) => common,
         TokenCommand::Revoke(NamedArgs { common, .. }) | TokenCommand::Rotate(RotateArgs { common, .. }) => common,
     };
     let config = load_config(common)?;
@@ -244,7 +244,7 @@ async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
             eprintln!("token {name} created; it is shown once, keep it secret:");
             println!("{token}");
         }
-        TokenCommand::List { json, .. } => {
+        TokenCommand::List(ListArgs { json, .. }) => {
             let tokens = auth::list_tokens(&mut session).await?;
             if *json {
                 let list: Vec<serde_json::Value> = tokens
@@ -496,7 +496,7 @@ async fn usb_command(command: UsbCommand) -> anyhow::Result<()> {
 async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
     use feedsync_node::parent as network;
     let common = match &command {
-        ChildCommand::Add { common, .. } | ChildCommand::List { common, .. } => common,
+        ChildCommand::Add { common, .. } | ChildCommand::List(ListArgs { common, .. }) => common,
         ChildCommand::Revoke(NamedArgs { common, .. }) | ChildCommand::Rotate(RotateArgs { common, .. }) => common,
     };
     let config = load_config(common)?;
@@ -514,7 +514,7 @@ async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
             eprintln!("child {name} registered; its token is shown once, keep it secret:");
             println!("{token}");
         }
-        ChildCommand::List { json, .. } => {
+        ChildCommand::List(ListArgs { json, .. }) => {
             let children = network::list_children(&mut session).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&children)?);
