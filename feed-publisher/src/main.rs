@@ -511,6 +511,7 @@ async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
                 address: network::CatchmentRules::parse_address(address).map_err(|e| anyhow::anyhow!(e))?,
             };
             let token = network::add_child_with_rules(&mut session, name, categories, *all_patients, &rules).await?;
+            feedsync_node::exchange::audit(&mut session, "feed-publisher", "child-add", None, &format!("child {name}: categories {}", if categories.is_empty() { "*".to_owned() } else { categories.join(",") })).await?;
             eprintln!("child {name} registered; its token is shown once, keep it secret:");
             println!("{token}");
         }
@@ -536,6 +537,7 @@ async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
         }
         ChildCommand::Revoke(NamedArgs { name, .. }) => {
             network::revoke_child(&mut session, name).await?;
+            feedsync_node::exchange::audit(&mut session, "feed-publisher", "child-revoke", None, &format!("child {name}")).await?;
             println!("child {name} revoked: its token is refused from now on");
         }
         ChildCommand::Rotate(args) => {
