@@ -237,12 +237,11 @@ async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
             let scopes = auth::parse_scopes(scope)?;
             let expires_s = expires.as_deref().map(parse_duration_s).transpose()?;
             let token = auth::create_token(&mut session, name, &scopes, categories, expires_s).await?;
-            feedsync_node::exchange::audit(&mut session, "feed-publisher", "token-create", None, &format!("token {name}: scopes {scope}")).await?;
+            cli_audit(&mut session, "token-create", &format!("token {name}: scopes {scope}")).await?;
             if !config.auth.required {
                 eprintln!("note: [auth] required is off in this config, so the feeds do not ask for tokens yet");
             }
-            eprintln!("token {name} created; it is shown once, keep it secret:");
-            println!("{token}");
+            show_secret(&format!("token {name} created"), &token);
         }
         TokenCommand::List(ListArgs { json, .. }) => {
             let tokens = auth::list_tokens(&mut session).await?;
@@ -277,15 +276,14 @@ async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke(NamedArgs { name, .. }) => {
             auth::revoke_token(&mut session, name).await?;
-            feedsync_node::exchange::audit(&mut session, "feed-publisher", "token-revoke", None, &format!("token {name}")).await?;
+            cli_audit(&mut session, "token-revoke", &format!("token {name}")).await?;
             println!("token {name} revoked: it is refused from now on");
         }
         TokenCommand::Rotate(args) => {
             let (name, overlap_hours) = (&args.name, args.overlap_hours);
             let token = auth::rotate_token(&mut session, name, args.overlap_s()?).await?;
-            feedsync_node::exchange::audit(&mut session, "feed-publisher", "token-rotate", None, &format!("token {name}: old value valid {overlap_hours} h more")).await?;
-            eprintln!("token {name} has a new value (the old one works for {overlap_hours} h more); shown once, keep it secret:");
-            println!("{token}");
+            cli_audit(&mut session, "token-rotate", &format!("token {name}: old value valid {overlap_hours} h more")).await?;
+            show_secret(&format!("token {name} has a new value (the old one works for {overlap_hours} h more)"), &token);
         }
     }
     drop(session);
@@ -511,9 +509,8 @@ async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
                 address: network::CatchmentRules::parse_address(address).map_err(|e| anyhow::anyhow!(e))?,
             };
             let token = network::add_child_with_rules(&mut session, name, categories, *all_patients, &rules).await?;
-            feedsync_node::exchange::audit(&mut session, "feed-publisher", "child-add", None, &format!("child {name}: categories {}", if categories.is_empty() { "*".to_owned() } else { categories.join(",") })).await?;
-            eprintln!("child {name} registered; its token is shown once, keep it secret:");
-            println!("{token}");
+            cli_audit(&mut session, "child-add", &format!("child {name}: categories {}", if categories.is_empty() { "*".to_owned() } else { categories.join(",") })).await?;
+            show_secret(&format!("child {name} registered"), &token);
         }
         ChildCommand::List(ListArgs { json, .. }) => {
             let children = network::list_children(&mut session).await?;
@@ -537,20 +534,31 @@ async fn child_command(command: ChildCommand) -> anyhow::Result<()> {
         }
         ChildCommand::Revoke(NamedArgs { name, .. }) => {
             network::revoke_child(&mut session, name).await?;
-            feedsync_node::exchange::audit(&mut session, "feed-publisher", "child-revoke", None, &format!("child {name}")).await?;
+            cli_audit(&mut session, "child-revoke", &format!("child {name}")).await?;
             println!("child {name} revoked: its token is refused from now on");
         }
         ChildCommand::Rotate(args) => {
             let (name, overlap_hours) = (&args.name, args.overlap_hours);
             let token = network::rotate_child_token(&mut session, name, args.overlap_s()?).await?;
-            feedsync_node::exchange::audit(&mut session, "feed-publisher", "child-rotate", None, &format!("child {name}: new token, the old one valid {overlap_hours} h more")).await?;
-            eprintln!("child {name} has a new token (the old one works for {overlap_hours} h more); shown once, keep it secret:");
-            println!("{token}");
+            cli_audit(&mut session, "child-rotate", &format!("child {name}: new token, the old one valid {overlap_hours} h more")).await?;
+            show_secret(&format!("child {name} has a new token (the old one works for {overlap_hours} h more)"), &token);
         }
     }
     drop(session);
     database.close().await;
     Ok(())
+}
+
+/// An audit row for an action taken from the command line (actor `feed-publisher`).
+async fn cli_audit(session: &mut feedsync_db::Session, action: &str, detail: &str) -> anyhow::Result<()> {
+    Ok(feedsync_node::exchange::audit(session, "feed-publisher", action, None, detail).await?)
+}
+
+/// Prints a token once: what it is on standard error, the token itself as the last line of
+/// standard output (so scripts take `| tail -1`).
+fn show_secret(what: &str, token: &str) {
+    eprintln!("{what}; it is shown once, keep it secret:");
+    println!("{token}");
 }
 
 fn print_check(model: &Model) {

@@ -248,11 +248,10 @@ pub(crate) async fn route(app: &App, request: &Request<Incoming>) -> Result<Repl
 /// (or a dashboard login's cookie).
 pub(crate) fn check_access(app: &App, request: &Request<Incoming>) -> Result<(), HttpError> {
     let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
-    let token = std::env::var(crate::dashboard::ADMIN_TOKEN_ENV).ok();
-    let now = std::time::Instant::now();
-    crate::dashboard::check_access(peer, request.headers(), token.as_deref().filter(|t| !t.trim().is_empty()), &|id| app.admin_sessions.csrf_of(id, now).is_some())
+    let token_set = std::env::var(crate::dashboard::ADMIN_TOKEN_ENV).is_ok_and(|t| !t.trim().is_empty());
+    crate::dashboard::dashboard_admits(app, peer, request.headers())
         .map(|_| ())
-        .map_err(|refusal| HttpError::new(if token.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN }, refusal.message, refusal.hint))
+        .map_err(|refusal| HttpError::new(if token_set { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN }, refusal.message, refusal.hint))
 }
 
 #[cfg(test)]

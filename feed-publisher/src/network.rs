@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use hyper::body::Incoming;
-use hyper::header;
 use hyper::{Method, Request, StatusCode};
 
 use feedsync_db::Session;
@@ -47,13 +46,7 @@ fn unauthorized(message: &str) -> HttpError {
 
 /// The child a request's token belongs to, or 401.
 async fn authenticate(session: &mut Session, request: &Request<Incoming>) -> Result<Child, HttpError> {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| unauthorized("this endpoint needs a child's token"))?;
+    let token = crate::dashboard::bearer_token(request.headers()).ok_or_else(|| unauthorized("this endpoint needs a child's token"))?;
     parent::child_for_token(session, token).await?.ok_or_else(|| unauthorized("token not accepted"))
 }
 

@@ -518,9 +518,7 @@ async fn check_feed_access_by(app: &App, peer: Option<SocketAddr>, headers: &hyp
     if !auth.required {
         return Ok(());
     }
-    let admin_token = std::env::var(crate::dashboard::ADMIN_TOKEN_ENV).ok();
-    let now = std::time::Instant::now();
-    if crate::dashboard::check_access(peer, headers, admin_token.as_deref().filter(|t| !t.trim().is_empty()), &|id| app.admin_sessions.csrf_of(id, now).is_some()).is_ok() {
+    if crate::dashboard::dashboard_admits(app, peer, headers).is_ok() {
         return Ok(());
     }
     let anonymous = |c: &&str| auth.anonymous_categories.iter().any(|a| a == c);
@@ -528,8 +526,7 @@ async fn check_feed_access_by(app: &App, peer: Option<SocketAddr>, headers: &hyp
         return Ok(());
     }
     const HINT: &str = "send Authorization: Bearer <token>, with a token from `feed-publisher token create --scope feeds`";
-    let offered = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-    let Some(offered) = offered.filter(|t| !t.is_empty()) else {
+    let Some(offered) = crate::dashboard::bearer_token(headers) else {
         return Err(HttpError::new(StatusCode::UNAUTHORIZED, "this server's feeds need a token", HINT));
     };
     let mut session = app.database.session().await?;

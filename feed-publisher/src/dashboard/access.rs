@@ -66,7 +66,7 @@ pub fn check_access(peer: Option<SocketAddr>, headers: &HeaderMap, admin_token: 
         if let Some(problem) = admin_token_problem(token) {
             return Err(AccessDenied { message: problem, hint: SHORT_TOKEN_HINT });
         }
-        let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+        let bearer = bearer_token(headers);
         if let Some(offered) = bearer
             && exchange::hashes_equal(&exchange::token_hash(offered), &exchange::token_hash(token))
         {
@@ -121,6 +121,20 @@ fn is_loopback_host(host: &str) -> bool {
         host
     };
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// The token of an `Authorization: Bearer <token>` header, trimmed, if there is one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// Whether the dashboard's rule admits a request: this machine without `FEEDSYNC_ADMIN_TOKEN`;
+/// with it, that token or a live login. What `/metrics`, the status and (as the dashboard
+/// shows them) the feeds also accept.
+pub fn dashboard_admits(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<Access, AccessDenied> {
+    let token = admin_token();
+    let now = Instant::now();
+    check_access(peer, headers, token.as_deref(), &|id| app.admin_sessions.csrf_of(id, now).is_some())
 }
 
 /// The login session id a request's cookie names, if any.

@@ -48,7 +48,7 @@ mod patients;
 mod rounds;
 mod sessions;
 
-pub use access::{ADMIN_TOKEN_CHARS_MIN, ADMIN_TOKEN_ENV, Access, AccessDenied, COOKIE_NAME, CSRF_HEADER, admin_token_problem, check_access, session_cookie};
+pub use access::{ADMIN_TOKEN_CHARS_MIN, ADMIN_TOKEN_ENV, Access, AccessDenied, COOKIE_NAME, CSRF_HEADER, admin_token_problem, bearer_token, check_access, dashboard_admits, session_cookie};
 pub use sessions::AdminSessions;
 pub use conflicts::{FieldRow, field_rows};
 pub use held::{Behind, waits_behind};
