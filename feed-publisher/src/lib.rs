@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod network;
 pub mod server;
 pub mod status;
+pub mod tls;
 
 pub mod usb;
 

@@ -31,6 +31,8 @@ use feedsync_core::profile::Profile;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    tls: feedsync_cli::TlsArgs,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +62,28 @@ enum Command {
     /// Sync a child without network: import its USB export, write the reply it imports next.
     #[command(subcommand, long_about = USB_HELP)]
     Usb(UsbCommand),
+    /// Certificates for a network without a PKI: `tls init` writes a private CA and this
+    /// server's certificate; children trust the CA with `--ca ca.pem`.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Write ca.pem, ca-key.pem, server.pem and server-key.pem into DIR. A CA already in DIR is
+    /// kept (run again after an address change: children keep trusting it). Keep ca-key.pem
+    /// off the server if you can; give children ca.pem only.
+    Init {
+        /// Folder for the files (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A host name or IP address children reach this server by; repeatable.
+        #[arg(long = "name", value_name = "HOST", required = true)]
+        names: Vec<String>,
+        /// Days the server certificate is valid.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
 }
 
 /// How the USB round trip goes, for `usb --help` on both binaries.
@@ -316,6 +340,13 @@ struct ServeArgs {
     /// Scheme, host and port clients use to reach this server, for absolute feed links.
     #[arg(long)]
     public_url: Option<String>,
+    /// PEM certificate (then its chain): serve https only. Reloaded when the file changes or
+    /// on SIGHUP. Without it, plain http is served on a loopback address only (see --insecure-http).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn load_config(common: &Common) -> anyhow::Result<Config> {
@@ -349,6 +380,7 @@ async fn open(config: &Config) -> anyhow::Result<(Database, Model)> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    cli.tls.install()?;
     match cli.command {
         Command::Install(common) => {
             let config = load_config(&common)?;
@@ -412,6 +444,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(url) = args.public_url {
                 config.server.public_url = url;
             }
+            if args.tls_cert.is_some() {
+                (config.server.tls_cert, config.server.tls_key) = (args.tls_cert, args.tls_key);
+            }
+            config.server.insecure_http |= cli.tls.insecure_http();
             let (database, model) = open(&config).await?;
             let mut session = database.session().await?;
             if !capture::list_tables(&mut session).await?.iter().any(|t| t == capture::EVENT_TABLE) {
@@ -428,6 +464,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => token_command(command).await?,
         Command::Conflicts(command) => feedsync_cli::conflicts(command).await?,
         Command::Usb(command) => usb_command(command).await?,
+        Command::Tls(TlsCommand::Init { dir, names, days }) => {
+            let written = feed_publisher::tls::init(&dir, &names, days)?;
+            let ca = if written.new_ca { "a new CA" } else { "the CA already there" };
+            println!("wrote {} and {} for {}, signed by {ca} ({})", written.server_cert.display(), written.server_key.display(), names.join(", "), written.ca_cert.display());
+            println!("serve with:    feed-publisher serve --tls-cert {} --tls-key {} --listen 0.0.0.0:8443 ...", written.server_cert.display(), written.server_key.display());
+            println!("children with: feed-subscriber run --ca {} --parent https://{}:8443 ...", written.ca_cert.display(), names[0]);
+            println!("keep {} secret and off the network: whoever holds it can impersonate this server", written.ca_key.display());
+        }
         Command::Status(args) => {
             let config = load_config(&args.common)?;
             config.validate()?;

@@ -342,7 +342,8 @@ fn require_get(method: &Method) -> Result<(), HttpError> {
 fn base_url(app: &App, request: &Request<Incoming>) -> String {
     let host = if app.config.server.public_url.is_empty() {
         let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-        format!("http://{host}")
+        let scheme = if arrived_over_tls(request) { "https" } else { "http" };
+        format!("{scheme}://{host}")
     } else {
         app.config.server.public_url.trim_end_matches('/').to_owned()
     };
@@ -631,10 +632,30 @@ pub async fn run_sequencer(app: Arc<App>, mut shutdown: tokio::sync::watch::Rece
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// Set on a request that arrived over TLS (absent: plain http).
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
+
+/// Whether `request` arrived over TLS.
+pub fn arrived_over_tls<B>(request: &Request<B>) -> bool {
+    request.extensions().get::<OverTls>().is_some()
+}
+
+/// Accepts plain-http connections until `shutdown` fires ([`serve_with`] without TLS).
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
+    serve_with(app, listener, None, shutdown).await
+}
+
 /// Accepts connections until `shutdown` fires, at most `limits.connections_max` at once and
 /// `limits.connections_per_address_max` from one address (more are closed as they arrive),
-/// each with a header-read timeout.
-pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
+/// each with a header-read timeout; with `tls`, each speaks TLS (the handshake within the
+/// same timeout) and nothing else.
+pub async fn serve_with(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let limits = app.config.limits.clone();
     let connections = Arc::new(ConnectionCount::default());
     loop {
@@ -650,31 +671,63 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: tokio::sy
             },
             _ = shutdown.changed() => return Ok(()),
         };
-        let Some(_counted) = connections.admit(peer.ip(), limits.connections_max, limits.connections_per_address_max) else {
+        let Some(counted) = connections.admit(peer.ip(), limits.connections_max, limits.connections_per_address_max) else {
             tracing::warn!(%peer, "connection refused: too many open (connections_max / connections_per_address_max)");
             drop(stream);
             continue;
         };
         let app = app.clone();
         let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let _counted = _counted;
-            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(PeerAddr(peer));
-                let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(app, request).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let _counted = counted;
+            let Some(acceptor) = tls else {
+                return serve_connection(app, stream, peer, false, header_timeout).await;
+            };
+            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(app, stream, peer, true, header_timeout).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake not finished within header_read_timeout_ms"),
             }
         });
     }
+}
+
+/// Serves the requests of one connection, plain or already past its TLS handshake.
+async fn serve_connection<I>(app: Arc<App>, io: I, peer: SocketAddr, over_tls: bool, header_timeout: Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(PeerAddr(peer));
+        if over_tls {
+            request.extensions_mut().insert(OverTls);
+        }
+        let app = app.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(app, request).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Why plain http may not be served on `listen`, if it may not: only loopback, unless the
+/// operator said `insecure_http`. Pure.
+pub fn plain_http_refusal(listen: IpAddr, tls: bool, insecure_http: bool) -> Option<String> {
+    if tls || insecure_http || listen.to_canonical().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "refusing to serve plain http on {listen}: other machines would send tokens and read patient data in clear. \
+         Give the server a certificate (--tls-cert FILE --tls-key FILE; `feed-publisher tls init --dir tls --name HOST` makes a private CA and one), \
+         listen on 127.0.0.1 behind a TLS proxy, or pass --insecure-http on a network you trust"
+    ))
 }
 
 /// Open connections, in all and by address.
@@ -737,13 +790,28 @@ pub async fn serve_until_stopped(
         .await
         .with_context(|| format!("cannot listen on {} (in use? try --listen 127.0.0.1:PORT)", config.server.listen))?;
     let local = listener.local_addr()?;
+    let tls = match config.server.tls() {
+        Some((cert, key)) => Some(crate::tls::ServerTls::load(cert, key)?),
+        None => None,
+    };
+    if let Some(refusal) = plain_http_refusal(local.ip(), tls.is_some(), config.server.insecure_http) {
+        anyhow::bail!(refusal);
+    }
+    if tls.is_none() && !local.ip().to_canonical().is_loopback() {
+        tracing::warn!(listen = %local, "--insecure-http: serving plain http to the network; tokens and patient data cross it in clear");
+    }
+    let acceptor = tls.as_ref().map(|tls| tls.acceptor()).transpose()?;
     let app = Arc::new(App::new(database, model, config).await?);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    tracing::info!(listen = %local, database = %app.database.display_name(), "serving feeds at /ws/atomfeed/{{category}}/recent");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %local, %scheme, database = %app.database.display_name(), "serving feeds at /ws/atomfeed/{{category}}/recent");
     on_listening(local);
     let sequencer = tokio::spawn(run_sequencer(app.clone(), stopped.clone()));
     let alerts = tokio::spawn(crate::status::run_alerts(app.clone(), stopped.clone()));
-    let http = tokio::spawn(serve(app.clone(), listener, stopped));
+    if let Some(tls) = tls {
+        tokio::spawn(tls.watch(stopped.clone()));
+    }
+    let http = tokio::spawn(serve_with(app.clone(), listener, acceptor, stopped));
     tokio::select! {
         result = tokio::signal::ctrl_c() => result?,
         _ = stop_requested.wait_for(|stop| *stop) => {}
@@ -765,6 +833,17 @@ pub async fn serve_until_ctrl_c(database: Database, model: Model, config: Config
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_is_served_to_this_machine_only_unless_allowed() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (listen, refused) in [("127.0.0.1", false), ("::1", false), ("::ffff:127.0.0.1", false), ("0.0.0.0", true), ("::", true), ("10.1.2.3", true)] {
+            assert_eq!(plain_http_refusal(ip(listen), false, false).is_some(), refused, "{listen}");
+            assert!(plain_http_refusal(ip(listen), true, false).is_none(), "{listen} with TLS");
+            assert!(plain_http_refusal(ip(listen), false, true).is_none(), "{listen} with --insecure-http");
+        }
+        assert!(plain_http_refusal(ip("0.0.0.0"), false, false).unwrap().contains("--tls-cert"), "the refusal says what to do");
+    }
 
     #[test]
     fn connections_are_admitted_up_to_both_caps() {

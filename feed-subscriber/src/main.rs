@@ -34,6 +34,8 @@ use feedsync_db::schema::read_schema;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    tls: feedsync_cli::TlsArgs,
 }
 
 #[derive(Subcommand)]
@@ -329,6 +331,7 @@ struct SkipArgs {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    cli.tls.install()?;
     match cli.command {
         Command::Run(args) => {
             let mut config = match &args.config {

@@ -140,9 +140,15 @@ async fn dashboard_child(session: &mut Session, child: &Child, status: ChildStat
 }
 
 /// The parent's own numbers and problems, from the same reading `status` makes.
-async fn parent_status(session: &mut Session, page_size: u32) -> Result<Json, HttpError> {
-    let parent = gather_parent(session, page_size).await?;
-    let problems = alerts::parent_problems(parent.journal_backlog, parent.oldest_journal_age_s, parent.held, parent.open_conflicts);
+async fn parent_status(session: &mut Session, config: &Config) -> Result<Json, HttpError> {
+    let parent = gather_parent(session, config.feed.page_size).await?;
+    let mut problems = alerts::parent_problems(parent.journal_backlog, parent.oldest_journal_age_s, parent.held, parent.open_conflicts);
+    if config.server.insecure_http && config.server.tls().is_none() {
+        problems.push(alerts::Problem {
+            kind: "insecure_http",
+            text: "serving plain http (--insecure-http): tokens and patient data cross the network in clear; give the server --tls-cert/--tls-key".into(),
+        });
+    }
     Ok(json!({
         "journal_backlog": parent.journal_backlog,
         "oldest_journal_at": parent.oldest_journal_at,
@@ -164,7 +170,7 @@ pub(super) async fn overview(session: &mut Session, query: &BTreeMap<String, Str
     for (child, status) in children.iter().zip(statuses) {
         rows.push(dashboard_child(session, child, status, &cx).await?);
     }
-    let parent = parent_status(session, config.feed.page_size).await?;
+    let parent = parent_status(session, config).await?;
     let active = || rows.iter().filter(|r| !r.revoked);
     let totals = json!({
         "children": active().count(),

@@ -2,6 +2,35 @@
 //! and the one-line error with exit code 1 that ARCHITECTURE.md promises.
 
 use std::future::Future;
+use std::path::PathBuf;
+
+/// `--ca FILE` and `--insecure-http`, the same on both binaries and every subcommand: what
+/// this process's clients trust, and whether plain http may leave this machine (for the
+/// publisher's `serve`, also whether it may be served to other machines).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM file of a CA to trust besides the system's (the network's private CA, e.g. the
+    /// ca.pem of `feed-publisher tls init`); repeatable. Also FEEDSYNC_CA (':'-separated).
+    #[arg(long = "ca", value_name = "FILE", global = true)]
+    pub ca: Vec<PathBuf>,
+    /// Allow plain http to and from other machines: tokens and patient data then cross the
+    /// network in clear. Without it, http is for this machine (loopback) only. Also
+    /// FEEDSYNC_INSECURE_HTTP=1.
+    #[arg(long, global = true)]
+    pub insecure_http: bool,
+}
+
+impl TlsArgs {
+    /// Sets this process's trust; call first, before any client is made.
+    pub fn install(&self) -> anyhow::Result<()> {
+        feedsync_http::tls::install_from(&self.ca, self.insecure_http).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Whether plain http to other machines was allowed here or in the environment.
+    pub fn insecure_http(&self) -> bool {
+        self.insecure_http || std::env::var(feedsync_http::tls::INSECURE_HTTP_ENV).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+    }
+}
 
 /// `usb --help` on both binaries: the binary's own first line, then how the round trip goes,
 /// written once so the two cannot drift apart.

@@ -16,12 +16,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 use url::Url;
 
 use crate::error::{ClientError, error_chain, status_error};
+use crate::tls::{self, ClientTls};
 
 /// Sent with every request unless [`HttpClient::with_user_agent`] names the program.
 pub const USER_AGENT: &str = "feedsync";
@@ -147,8 +149,10 @@ enum BodyLimit {
 /// The pooled client. Cloning is cheap and shares the pool.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     limits: ClientLimits,
+    /// What https servers must prove, and whether plain http may leave this machine.
+    tls: ClientTls,
     /// `Basic ...` or `Bearer ...`, sent only to the origin of the URL a request was made for.
     authorization: Option<HeaderValue>,
     /// When not empty, the only origins the credentials go to (the feeds' own servers): a link
@@ -175,15 +179,19 @@ impl Default for HttpClient {
 const POOL_IDLE_TIMEOUT_MS: u64 = 60_000;
 
 impl HttpClient {
+    /// A client with this process's trust ([`tls::install`]; the system's roots when nothing
+    /// was installed).
     pub fn new(limits: ClientLimits) -> HttpClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(limits.request_timeout_ms)));
-        connector.set_nodelay(true);
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        HttpClient { inner, limits, authorization: None, credential_origins: Vec::new(), user_agent: HeaderValue::from_static(USER_AGENT) }
+        let tls = tls::installed();
+        let inner = pooled(&limits, &tls);
+        HttpClient { inner, limits, tls, authorization: None, credential_origins: Vec::new(), user_agent: HeaderValue::from_static(USER_AGENT) }
+    }
+
+    /// Uses `tls` instead of the process's trust (a new pool).
+    pub fn with_tls(mut self, tls: ClientTls) -> HttpClient {
+        self.inner = pooled(&self.limits, &tls);
+        self.tls = tls;
+        self
     }
 
     /// Names the program in `User-Agent`, so a server's log shows who is asking.
@@ -239,7 +247,7 @@ impl HttpClient {
     /// have taken effect before its answer was lost, so the caller decides.
     pub async fn post_json<T: Serialize + ?Sized>(&self, url: &str, body: &T) -> Result<HttpResponse, ClientError> {
         let bytes = encode_json(url, body)?;
-        let response = self.send(Method::POST, &parse_url(url)?, Some(bytes)).await?;
+        let response = self.send(Method::POST, &self.parse_url(url)?, Some(bytes)).await?;
         if is_success(response.status) { Ok(response) } else { Err(status_error(&response)) }
     }
 
@@ -250,7 +258,7 @@ impl HttpClient {
         let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(plain.len() / 4), flate2::Compression::default());
         std::io::Write::write_all(&mut encoder, &plain).expect("writing to memory");
         let bytes = Bytes::from(encoder.finish().expect("writing to memory"));
-        let response = self.send(Method::POST, &parse_url(url)?, Some(bytes)).await?;
+        let response = self.send(Method::POST, &self.parse_url(url)?, Some(bytes)).await?;
         if is_success(response.status) { Ok(response) } else { Err(status_error(&response)) }
     }
 
@@ -264,7 +272,7 @@ impl HttpClient {
             return Err(ClientError::Request { url, message });
         }
         let method = Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Request { url: url.clone(), message: format!("method {method:?}: {e}") })?;
-        let parsed = parse_url(&url)?;
+        let parsed = self.parse_url(&url)?;
         let limit = match answer_bytes_kept_max {
             Some(bytes) => BodyLimit::Truncate(bytes),
             None => BodyLimit::Refuse(self.limits.response_bytes_max),
@@ -281,7 +289,7 @@ impl HttpClient {
         body: Option<Bytes>,
         accepted: impl Fn(StatusCode) -> bool,
     ) -> Result<HttpResponse, ClientError> {
-        let parsed = parse_url(url)?;
+        let parsed = self.parse_url(url)?;
         let mut attempt = 0;
         loop {
             let result = match self.send(method.clone(), &parsed, body.clone()).await {
@@ -320,7 +328,7 @@ impl HttpClient {
             if redirects >= self.limits.redirects_max {
                 return Err(ClientError::TooManyRedirects { url: url.to_string(), redirects_max: self.limits.redirects_max, location: next.to_string() });
             }
-            check_scheme(&next).map_err(|reason| ClientError::BadRedirect { url: current.to_string(), reason })?;
+            self.check_scheme(&next).map_err(|reason| ClientError::BadRedirect { url: current.to_string(), reason })?;
             tracing::debug!(from = %current, to = %next, "following redirect");
             redirects += 1;
             current = next;
@@ -363,24 +371,48 @@ impl HttpClient {
             .await
             .map_err(|_| ClientError::Timeout { url: url.to_string(), timeout_ms })?
     }
+
+    fn parse_url(&self, url: &str) -> Result<Url, ClientError> {
+        let parsed = Url::parse(url).map_err(|e| ClientError::BadUrl { url: url.to_owned(), reason: e.to_string() })?;
+        self.check_scheme(&parsed).map_err(|reason| ClientError::BadUrl { url: url.to_owned(), reason })?;
+        Ok(parsed)
+    }
+
+    /// https anywhere; plain http only to this machine, unless the operator allowed it.
+    fn check_scheme(&self, url: &Url) -> Result<(), String> {
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if tls::plain_http_allowed(url, self.tls.insecure_http) => Ok(()),
+            "http" => Err(format!(
+                "plain http to another machine ({}) would carry tokens and patient data in clear: use https (the server needs --tls-cert/--tls-key), \
+                 or pass --insecure-http (or set {}=1) on a network you trust",
+                url.host_str().unwrap_or("?"),
+                tls::INSECURE_HTTP_ENV
+            )),
+            other => Err(format!("scheme {other:?} is neither https nor http")),
+        }
+    }
+}
+
+/// One keep-alive pool speaking https, and http where [`HttpClient::check_scheme`] lets it.
+fn pooled(limits: &ClientLimits, tls: &ClientTls) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(limits.request_timeout_ms)));
+    connector.set_nodelay(true);
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls.config).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 pub(crate) fn is_success(status: StatusCode) -> bool {
     status.is_success()
-}
-
-fn parse_url(url: &str) -> Result<Url, ClientError> {
-    let parsed = Url::parse(url).map_err(|e| ClientError::BadUrl { url: url.to_owned(), reason: e.to_string() })?;
-    check_scheme(&parsed).map_err(|reason| ClientError::BadUrl { url: url.to_owned(), reason })?;
-    Ok(parsed)
-}
-
-fn check_scheme(url: &Url) -> Result<(), String> {
-    match url.scheme() {
-        "http" => Ok(()),
-        "https" => Err("https is not supported yet: use http, or a TLS-terminating proxy on this machine".into()),
-        other => Err(format!("scheme {other:?} is not http")),
-    }
 }
 
 pub(crate) fn encode_json<T: Serialize + ?Sized>(url: &str, body: &T) -> Result<Bytes, ClientError> {
@@ -409,6 +441,9 @@ fn retry_delay_ms(limits: &ClientLimits, attempt: u32) -> u64 {
 
 fn transport_error(url: &Url, e: &hyper_util::client::legacy::Error) -> ClientError {
     let message = error_chain(e);
+    if let Some(explained) = tls::explain_handshake(url, &message) {
+        return ClientError::Tls { url: url.to_string(), message: explained };
+    }
     if e.is_connect() {
         ClientError::Connect { url: url.to_string(), message }
     } else {

@@ -15,6 +15,8 @@ pub enum ClientError {
          Retrying later may help; on a slow link raise request_timeout_ms"
     )]
     Timeout { url: String, timeout_ms: u64 },
+    #[error("cannot connect securely to {url}: {message}")]
+    Tls { url: String, message: String },
     #[error("the connection to {url} failed during the exchange: {message}. Retrying later may help")]
     Transport { url: String, message: String },
     #[error("{url} answered {status}: {message}")]
@@ -45,6 +47,7 @@ impl ClientError {
             ClientError::Connect { .. } | ClientError::Timeout { .. } | ClientError::Transport { .. } => true,
             ClientError::Status { status, .. } => status_is_retryable(*status),
             ClientError::BadUrl { .. }
+            | ClientError::Tls { .. }
             | ClientError::TooLarge { .. }
             | ClientError::TooManyRedirects { .. }
             | ClientError::BadRedirect { .. }

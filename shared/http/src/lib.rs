@@ -6,12 +6,15 @@
 //! the publisher's alert webhook POST with it, and the tests and the simulation talk to the
 //! servers they start with it ([`HttpClient::send_once`] shows them every status and header).
 //!
-//! No server code here yet, and no TLS: https goes through a TLS-terminating proxy.
+//! TLS (`tls.rs`): what clients trust (system roots plus `--ca`), plain HTTP only to this
+//! machine unless `--insecure-http`, PEM certificates and keys for the publisher's server.
 
 pub mod client;
 pub mod error;
 pub mod resources;
+pub mod tls;
 
 pub use client::{ClientLimits, HttpClient, HttpResponse, Request, USER_AGENT};
 pub use error::{ClientError, body_excerpt, error_chain, status_error, status_is_retryable};
 pub use resources::{Fetched, batch_endpoint};
+pub use tls::{ClientTls, TlsError};

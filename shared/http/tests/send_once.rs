@@ -95,7 +95,9 @@ async fn bad_requests_say_so_before_anything_is_sent() {
     let error = client.send_once(Request::new("GET", "http://127.0.0.1:9/x").header("bad name", "v")).await.unwrap_err();
     assert!(matches!(&error, ClientError::Request { message, .. } if message.contains("bad name")), "{error}");
     assert!(!error.is_retryable());
-    let error = client.send_once(Request::new("GET", "https://example.org/")).await.unwrap_err();
+    let error = client.send_once(Request::new("GET", "http://example.org/")).await.unwrap_err();
+    assert!(matches!(&error, ClientError::BadUrl { reason, .. } if reason.contains("--insecure-http")), "plain http to another machine: {error}");
+    let error = client.send_once(Request::new("GET", "ftp://127.0.0.1/")).await.unwrap_err();
     assert!(matches!(error, ClientError::BadUrl { .. }), "{error}");
 }
 

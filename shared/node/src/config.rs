@@ -66,6 +66,21 @@ pub struct ServerConfig {
     /// Scheme, host and port clients use to reach this server, for absolute feed links; when
     /// empty, taken from each request's Host header.
     pub public_url: String,
+    /// PEM file of this server's certificate (then its chain): with `tls_key`, the server
+    /// speaks only https. `feed-publisher tls init` writes one for a network without a PKI.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key.
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain http on an address other machines reach (tokens and patient data in
+    /// clear). Off: without a certificate the server listens on loopback only.
+    pub insecure_http: bool,
+}
+
+impl ServerConfig {
+    /// Whether the server speaks TLS.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -137,7 +152,7 @@ impl Default for Config {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:8086".into(), path_prefix: String::new(), public_url: String::new() }
+        ServerConfig { listen: "127.0.0.1:8086".into(), path_prefix: String::new(), public_url: String::new(), tls_cert: None, tls_key: None, insecure_http: false }
     }
 }
 
@@ -202,6 +217,9 @@ impl Config {
                 key: "feed.sequencer_batch_rows_max",
                 message: format!("must be 1..={SEQUENCER_BATCH_ROWS_MAX_LIMIT}"),
             });
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err(ConfigError::Invalid { key: "server.tls_cert", message: "tls_cert and tls_key go together: set both (--tls-cert FILE --tls-key FILE) or neither".into() });
         }
         let prefix = &self.server.path_prefix;
         if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {

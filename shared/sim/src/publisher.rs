@@ -29,6 +29,11 @@ impl Publisher {
     /// Installs capture and serves the database; the sequencer does not run by itself, tests
     /// call [`Publisher::publish`] so what a page holds is under their control.
     pub async fn start(database: &Database, configure: impl FnOnce(&mut Config)) -> Publisher {
+        Publisher::start_with(database, None, configure).await
+    }
+
+    /// [`Publisher::start`], speaking only TLS with `tls` when given.
+    pub async fn start_with(database: &Database, tls: Option<feed_publisher::tls::TlsAcceptor>, configure: impl FnOnce(&mut Config)) -> Publisher {
         let model = load_model(database, &Profile::openmrs()).await.expect("model");
         let mut session = database.session().await.unwrap();
         capture::install(&mut session, &model).await.expect("install");
@@ -38,7 +43,7 @@ impl Publisher {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(server::serve(app.clone(), listener, stopped));
+        tokio::spawn(server::serve_with(app.clone(), listener, tls, stopped));
         Publisher { addr, app, stop }
     }
 
