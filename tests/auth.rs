@@ -88,3 +88,100 @@ async fn feeds_answer_only_tokens_that_may_read_them() {
     let names: Vec<String> = auth::list_tokens(&mut s).await.unwrap().into_iter().map(|t| t.name).collect();
     assert_eq!(names, ["clinic-reports", "district-replica", "monitor"]);
 }
+
+/// An OpenMRS request as another machine sends it: HTTP Basic or a cookie.
+async fn openmrs(publisher: &Publisher, method: &str, path: &str, user_password: Option<&str>, cookie: Option<&str>) -> feedsync_sim::publisher::HttpReply {
+    let basic = user_password.map(|up| format!("Basic {}", base64(up.as_bytes())));
+    let cookie = cookie.map(|c| format!("JSESSIONID={c}"));
+    let mut headers: Vec<(&str, &str)> = vec![("host", "parent.example")];
+    headers.extend(basic.iter().map(|b| ("authorization", b.as_str())));
+    headers.extend(cookie.iter().map(|c| ("cookie", c.as_str())));
+    http(publisher.addr, method, path, &headers, None).await
+}
+
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
+/// OpenMRS's own form for a new password: lowercase hex SHA-512 of password + salt.
+fn openmrs_hash(password: &str, salt: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha512::digest(format!("{password}{salt}").as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn openmrs_users_log_in_as_they_do_at_openmrs(source: Source) {
+    let Some(db) = TestDatabase::create(source) else { return };
+    let publisher = Publisher::start(&db.database, |_| {}).await;
+    publisher.publish().await;
+    let p = &publisher;
+    let feed = "/ws/atomfeed/patient/recent";
+    // The reference dump's admin (System Developer), with its real password hash.
+    assert_eq!(openmrs(p, "GET", feed, Some("admin:Admin123"), None).await.status, 200, "admin reads the feeds");
+    let wrong = openmrs(p, "GET", feed, Some("admin:Admin124"), None).await;
+    assert_eq!(wrong.status, 401);
+    assert!(!wrong.text().contains("entry") && wrong.text().contains("not accepted"), "a wrong password reveals nothing: {}", wrong.text());
+    assert_eq!(openmrs(p, "GET", feed, Some("nobody:Admin123"), None).await.status, 401, "an unknown user is refused the same way");
+
+    // A clerk without the privilege, then with it through an inherited role.
+    let mut s = db.database.session().await.unwrap();
+    s.execute(
+        "INSERT INTO users (system_id, username, password, salt, creator, date_created, person_id, retired, uuid) VALUES ('3-4', 'clerk', ?, 'pepper', 1, '2020-01-01 00:00:00', 1, 0, '0d5e5a3c-0000-4000-8000-00000000c1e7')",
+        &[openmrs_hash("Clerk123", "pepper").into()],
+    )
+    .await
+    .unwrap();
+    let clerk_id = s.query("SELECT user_id FROM users WHERE username = 'clerk'", &[]).await.unwrap()[0].get("user_id").clone();
+    for (role, uuid) in [("Data Clerk", "0d5e5a3c-0000-4000-8000-0000000000r1"), ("Feed Readers", "0d5e5a3c-0000-4000-8000-0000000000r2")] {
+        s.execute("INSERT INTO role (role, description, uuid) VALUES (?, 'test', ?)", &[role.into(), uuid.into()]).await.unwrap();
+    }
+    s.execute("INSERT INTO user_role (user_id, role) VALUES (?, 'Data Clerk')", &[clerk_id]).await.unwrap();
+    assert_eq!(openmrs(p, "GET", feed, Some("clerk:Clerk123"), None).await.status, 403, "right password, no privilege");
+    assert_eq!(openmrs(p, "GET", feed, Some("3-4:Clerk123"), None).await.status, 403, "the system id logs in too");
+    s.execute("INSERT INTO privilege (privilege, description, uuid) VALUES ('Get Feedsync Feeds', 'read the feeds', '0d5e5a3c-0000-4000-8000-0000000000p1')", &[]).await.unwrap();
+    s.execute("INSERT INTO role_privilege (role, privilege) VALUES ('Feed Readers', 'Get Feedsync Feeds')", &[]).await.unwrap();
+    s.execute("INSERT INTO role_role (parent_role, child_role) VALUES ('Feed Readers', 'Data Clerk')", &[]).await.unwrap();
+    assert_eq!(openmrs(p, "GET", feed, Some("clerk:Clerk123"), None).await.status, 200, "the privilege through an inherited role");
+
+    // The session route, as the atomfeed client logs in: Basic once, then the cookie.
+    let login = openmrs(p, "GET", "/ws/rest/v1/session", Some("clerk:Clerk123"), None).await;
+    assert_eq!(login.status, 200, "{}", login.text());
+    assert_eq!(login.json()["authenticated"], true);
+    let set_cookie = login.headers.get("set-cookie").cloned().unwrap_or_default();
+    assert!(set_cookie.starts_with("JSESSIONID=") && set_cookie.contains("HttpOnly"), "{set_cookie}");
+    let id = set_cookie["JSESSIONID=".len()..].split(';').next().unwrap().to_owned();
+    assert_eq!(login.json()["sessionId"], id.as_str());
+    assert_eq!(openmrs(p, "GET", feed, None, Some(&id)).await.status, 200, "the cookie reads the feeds");
+    assert_eq!(openmrs(p, "GET", feed, None, Some("made-up")).await.status, 401, "a made-up cookie does not");
+    assert_eq!(openmrs(p, "GET", "/ws/rest/v1/session", None, None).await.json()["authenticated"], false);
+    assert_eq!(openmrs(p, "DELETE", "/ws/rest/v1/session", None, Some(&id)).await.status, 204);
+    assert_eq!(openmrs(p, "GET", feed, None, Some(&id)).await.status, 401, "logged out");
+
+    // Wrong passwords slow the user down, whoever sends them; then even the right one waits.
+    for _ in 0..5 {
+        assert_eq!(openmrs(p, "GET", feed, Some("clerk:guess"), None).await.status, 401);
+    }
+    assert_eq!(openmrs(p, "GET", feed, Some("clerk:Clerk123"), None).await.status, 429, "the user waits out the window");
+
+    // Logins can be turned off.
+    let off = Publisher::start(&db.database, |c| c.auth.openmrs_logins = false).await;
+    assert_eq!(openmrs(&off, "GET", feed, Some("admin:Admin123"), None).await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openmrs_users_log_in_as_they_do_at_openmrs_sqlite() {
+    openmrs_users_log_in_as_they_do_at_openmrs(Source::Sqlite25).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openmrs_users_log_in_as_they_do_at_openmrs_mariadb() {
+    openmrs_users_log_in_as_they_do_at_openmrs(Source::MySql25).await;
+}

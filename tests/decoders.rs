@@ -92,3 +92,22 @@ fn a_sealed_usb_file_changed_in_any_way_is_refused() {
         }
     }
 }
+
+/// The key `fuzz/corpus/usb_bundle/sealed-to-parent.fsync` was sealed with (the fuzz target's).
+const FUZZ_CORPUS_KEY: &str = "7777777777777777777777777777777777777777777777777777777777777777";
+
+#[test]
+fn the_fuzz_corpus_holds_valid_samples() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let sealed = std::fs::read(corpus.join("usb_bundle/sealed-to-parent.fsync")).unwrap();
+    assert!(bundle::open(&sealed, FUZZ_CORPUS_KEY, "clinic-a", Direction::ToParent).is_ok(), "the usb corpus file opens, so fuzzing starts past the seal");
+    for page in ["page-1.xml", "page-2.xml", "recent.xml"] {
+        let bytes = std::fs::read(corpus.join("feed_page").join(page)).unwrap();
+        assert!(feed_subscriber::reader::parse_page("http://h/ws/atomfeed/patient/2", &bytes).is_ok(), "{page}");
+    }
+    for (file, which) in [("resource", 0u8), ("batch", 1), ("push", 2), ("report", 3)] {
+        let bytes = std::fs::read(corpus.join(format!("wire_json/{file}.json"))).unwrap();
+        assert_eq!(bytes[0], which, "{file}: the first byte picks the decoder");
+        assert!(serde_json::from_slice::<serde_json::Value>(&bytes[1..]).is_ok(), "{file}");
+    }
+}

@@ -5,6 +5,7 @@
 pub mod dashboard;
 pub mod metrics;
 pub mod network;
+pub mod openmrs_session;
 pub mod server;
 pub mod status;
 pub mod tls;

@@ -50,6 +50,8 @@ pub struct App {
     pub http_metrics: crate::metrics::HttpMetrics,
     /// The dashboard's logins and failed login attempts (kept here, ended by a restart).
     pub admin_sessions: crate::dashboard::AdminSessions,
+    /// OpenMRS users' sessions (`JSESSIONID`) and failed logins.
+    pub openmrs_sessions: crate::openmrs_session::OpenmrsSessions,
 }
 
 impl App {
@@ -84,6 +86,7 @@ impl App {
             archived_pages: std::sync::Mutex::new(PageCache::default()),
             http_metrics: Default::default(),
             admin_sessions: Default::default(),
+            openmrs_sessions: Default::default(),
         })
     }
 }
@@ -328,6 +331,9 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
     if path == HEALTH_PATH {
         return health(app).await;
     }
+    if path == crate::openmrs_session::SESSION_PATH {
+        return crate::openmrs_session::route(app, &request).await;
+    }
     Err(HttpError::new(StatusCode::NOT_FOUND, format!("no such path {path}"), "feeds are at /ws/atomfeed/{category}/recent; /ws/atomfeed lists the categories"))
 }
 
@@ -526,7 +532,11 @@ async fn check_feed_access_by(app: &App, peer: Option<SocketAddr>, headers: &hyp
     if if categories.is_empty() { !auth.anonymous_categories.is_empty() } else { categories.iter().all(anonymous) } {
         return Ok(());
     }
-    const HINT: &str = "send Authorization: Bearer <token>, with a token from `feed-publisher token create --scope feeds`";
+    const HINT: &str = "send Authorization: Bearer <token>, with a token from `feed-publisher token create --scope feeds`, or log in as an OpenMRS user (HTTP Basic)";
+    // An OpenMRS user who may read the feeds reads every category (never credential columns).
+    if crate::openmrs_session::authenticate(app, peer, headers).await?.is_some() {
+        return Ok(());
+    }
     let Some(offered) = crate::dashboard::bearer_token(headers) else {
         return Err(HttpError::new(StatusCode::UNAUTHORIZED, "this server's feeds need a token", HINT));
     };

@@ -142,7 +142,7 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
     cookie_value(headers, COOKIE_NAME).filter(|v| !v.is_empty())
 }
 
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -49,7 +49,9 @@ mod rounds;
 mod sessions;
 
 pub use access::{ADMIN_TOKEN_CHARS_MIN, ADMIN_TOKEN_ENV, Access, AccessDenied, COOKIE_NAME, CSRF_HEADER, admin_token_problem, bearer_token, check_access, dashboard_admits, session_cookie};
-pub use sessions::AdminSessions;
+pub use sessions::{AdminSessions, Failures};
+pub(crate) use sessions::random_token;
+pub(crate) use access::cookie_value;
 pub use conflicts::{FieldRow, field_rows};
 pub use held::{Behind, waits_behind};
 pub(crate) use rounds::prepare;

@@ -18,7 +18,7 @@ pub const SESSIONS_MAX: usize = 1_000;
 pub const LOGIN_FAILURES_MAX: u32 = 5;
 /// The window failed logins are counted in, and how long an address then waits.
 pub const LOGIN_WINDOW_S: u64 = 300;
-/// Addresses whose failures are remembered at once; the oldest go first.
+/// Addresses (or users) whose failures are remembered at once; the oldest go first.
 const FAILING_ADDRESSES_MAX: usize = 10_000;
 
 struct Login {
@@ -30,12 +30,50 @@ struct Login {
 #[derive(Default)]
 pub struct AdminSessions {
     logins: Mutex<HashMap<String, Login>>,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failures: Failures<IpAddr>,
+}
+
+/// Failed attempts by key (an address, a user name), each counted from its first failure in
+/// the window [`LOGIN_WINDOW_S`]; bounded, the oldest forgotten first.
+pub struct Failures<K> {
+    counts: Mutex<HashMap<K, (u32, Instant)>>,
+}
+
+impl<K> Default for Failures<K> {
+    fn default() -> Self {
+        Failures { counts: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Failures<K> {
+    /// How long `key` must wait before it may try again, if it must.
+    pub fn wait_of(&self, key: &K, now: Instant) -> Option<Duration> {
+        let counts = self.counts.lock().expect("failures lock");
+        counts.get(key).and_then(|(count, first)| wait(*count, now.saturating_duration_since(*first)))
+    }
+
+    /// Counts a failure of `key`.
+    pub fn failed(&self, key: K, now: Instant) {
+        let mut counts = self.counts.lock().expect("failures lock");
+        let window = Duration::from_secs(LOGIN_WINDOW_S);
+        counts.retain(|_, (_, first)| now.saturating_duration_since(*first) < window);
+        if counts.len() >= FAILING_ADDRESSES_MAX
+            && let Some(oldest) = counts.iter().min_by_key(|(_, (_, first))| *first).map(|(k, _)| k.clone())
+        {
+            counts.remove(&oldest);
+        }
+        counts.entry(key).or_insert((0, now)).0 += 1;
+    }
+
+    /// A success clears the count of `key`.
+    pub fn succeeded(&self, key: &K) {
+        self.counts.lock().expect("failures lock").remove(key);
+    }
 }
 
 /// 244 random bits as 64 hex digits (two version-4 uuids without their fixed bits' meaning
 /// mattering): a session id or CSRF token nobody can guess.
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
@@ -67,27 +105,17 @@ impl AdminSessions {
 
     /// How long `address` must wait before it may try a token again, if it must.
     pub fn login_wait(&self, address: IpAddr, now: Instant) -> Option<Duration> {
-        let failures = self.failures.lock().expect("failures lock");
-        failures.get(&address).and_then(|(count, first)| wait(*count, now.saturating_duration_since(*first)))
+        self.failures.wait_of(&address, now)
     }
 
     /// Counts a wrong token from `address`.
     pub fn login_failed(&self, address: IpAddr, now: Instant) {
-        let mut failures = self.failures.lock().expect("failures lock");
-        let window = Duration::from_secs(LOGIN_WINDOW_S);
-        failures.retain(|_, (_, first)| now.saturating_duration_since(*first) < window);
-        if failures.len() >= FAILING_ADDRESSES_MAX
-            && let Some(oldest) = failures.iter().min_by_key(|(_, (_, first))| *first).map(|(a, _)| *a)
-        {
-            failures.remove(&oldest);
-        }
-        let entry = failures.entry(address).or_insert((0, now));
-        entry.0 += 1;
+        self.failures.failed(address, now);
     }
 
     /// A right token from `address` clears its count.
     pub fn login_succeeded(&self, address: IpAddr) {
-        self.failures.lock().expect("failures lock").remove(&address);
+        self.failures.succeeded(&address);
     }
 }
 

@@ -39,13 +39,25 @@ pub struct AuthConfig {
     pub required: bool,
     /// Categories readable without a token even when `required` is on.
     pub anonymous_categories: Vec<String>,
+    /// OpenMRS users of the published database read the feeds with their OpenMRS login (HTTP
+    /// Basic, or the `JSESSIONID` of `GET /ws/rest/v1/session`), as atomfeed clients log in
+    /// to OpenMRS itself.
+    pub openmrs_logins: bool,
+    /// The privilege (besides the `System Developer` role) that lets an OpenMRS user read
+    /// the feeds; give it to a role in OpenMRS's admin pages.
+    pub openmrs_privilege: String,
 }
 
 pub use feedsync_wire::alerts::AlertsConfig;
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { required: true, anonymous_categories: Vec::new() }
+        AuthConfig {
+            required: true,
+            anonymous_categories: Vec::new(),
+            openmrs_logins: true,
+            openmrs_privilege: crate::openmrs_login::DEFAULT_PRIVILEGE.to_owned(),
+        }
     }
 }
 

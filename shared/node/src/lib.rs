@@ -14,6 +14,7 @@ pub mod compare;
 pub mod exchange;
 pub mod feed;
 pub mod lookup;
+pub mod openmrs_login;
 pub mod parent;
 pub mod progress;
 pub mod search;
