@@ -185,3 +185,74 @@ async fn openmrs_users_log_in_as_they_do_at_openmrs_sqlite() {
 async fn openmrs_users_log_in_as_they_do_at_openmrs_mariadb() {
     openmrs_users_log_in_as_they_do_at_openmrs(Source::MySql25).await;
 }
+
+/// A user made centrally, as OpenMRS makes one: SHA-512 of password + salt.
+async fn create_central_user(s: &mut feedsync_db::Session, username: &str, uuid: &str, password: &str) {
+    s.execute(
+        "INSERT INTO users (system_id, username, password, salt, secret_question, creator, date_created, person_id, retired, uuid) VALUES (?, ?, ?, 'nutmeg', 'first school?', 1, '2020-01-01 00:00:00', 1, 0, ?)",
+        &[format!("{username}-1").into(), username.into(), openmrs_hash(password, "nutmeg").into(), uuid.into()],
+    )
+    .await
+    .unwrap();
+}
+
+async fn credentials_go_to_replicas_only(source: Source) {
+    let (Some(a), Some(b)) = (TestDatabase::create(source), TestDatabase::create(source)) else { return };
+    let publisher = Publisher::start(&a.database, |_| {}).await;
+    let mut s = a.database.session().await.unwrap();
+    let uuid = "7c1a0000-0000-4000-8000-0000000c3e71";
+    create_central_user(&mut s, "central", uuid, "Central123").await;
+    publisher.publish().await;
+    let feeds = auth::create_token(&mut s, "reports", &[Scope::Feeds], &[], None).await.unwrap();
+    let replica = auth::create_token(&mut s, "district-copy", &[Scope::Replica], &[], None).await.unwrap();
+    let link = format!("/ws/feedsync/resource/users/{uuid}");
+    let read = |token: String| {
+        let link = link.clone();
+        let addr = publisher.addr;
+        async move {
+            let bearer = format!("Bearer {token}");
+            http(addr, "GET", &link, &[("authorization", bearer.as_str()), ("host", "parent.example")], None).await.json()
+        }
+    };
+    let feeds_again = feeds.clone();
+    let plain = read(feeds).await;
+    assert_eq!(plain["columns"]["username"], "central");
+    for column in ["password", "salt", "secret_question", "secret_answer", "activation_key"] {
+        assert!(plain["columns"].get(column).is_none(), "a feeds token never sees {column}: {plain}");
+    }
+    let full = read(replica.clone()).await;
+    assert_eq!(full["columns"]["password"].as_str(), Some(openmrs_hash("Central123", "nutmeg").as_str()), "a replica token gets the credentials: {full}");
+    assert_ne!(plain["hash"], full["hash"], "each answer's hash describes what it holds");
+
+    // A replica following the feeds with its token: the user logs in there with the same password.
+    let client = HttpClient::default().with_bearer(&replica);
+    let subscriber = feed_subscriber::engine::Subscriber::new(b.database.clone(), feedsync_sim::network::model_of(&b.database).await, client, String::new());
+    subscriber.sync_until_caught_up(&[format!("http://{}/ws/atomfeed/all/recent", publisher.addr)]).await.unwrap();
+    let mut sb = b.database.session().await.unwrap();
+    let at_replica = feedsync_node::openmrs_login::user(&mut sb, "central").await.unwrap().expect("the user arrived");
+    assert!(feedsync_node::openmrs_login::password_matches(&at_replica.password, at_replica.salt.as_deref(), "Central123"), "logs in at the replica");
+    let comparison = feedsync_sim::network::compare_dbs(&a.database, &b.database).await;
+    assert_eq!(comparison.differences(), 0, "users rows equal, credentials included: {comparison}");
+
+    // The same with a feeds token: the user arrives without credentials, and the comparison
+    // sees it (the check above can fail).
+    let Some(c) = TestDatabase::create(source) else { return };
+    let client = HttpClient::default().with_bearer(&feeds_again);
+    let subscriber = feed_subscriber::engine::Subscriber::new(c.database.clone(), feedsync_sim::network::model_of(&c.database).await, client, String::new());
+    subscriber.sync_until_caught_up(&[format!("http://{}/ws/atomfeed/all/recent", publisher.addr)]).await.unwrap();
+    let mut sc = c.database.session().await.unwrap();
+    let at_c = feedsync_node::openmrs_login::user(&mut sc, "central").await.unwrap().expect("the user arrived");
+    assert_eq!(at_c.password, "", "no credentials through a feeds token");
+    let comparison = feedsync_sim::network::compare_dbs(&a.database, &c.database).await;
+    assert_eq!(comparison.table("users").map(|t| t.differing), Some(1), "{comparison}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_go_to_replicas_only_sqlite() {
+    credentials_go_to_replicas_only(Source::Sqlite25).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_go_to_replicas_only_mariadb() {
+    credentials_go_to_replicas_only(Source::MySql25).await;
+}

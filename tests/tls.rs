@@ -131,6 +131,18 @@ async fn a_child_syncs_with_its_parent_over_https() {
     let child = ChildNode::new(child_db.database.clone(), model_of(&child_db.database).await, link);
     child.prepare().await.unwrap();
     run_workload(&child_db.database, 11, 2).await;
+    // A user created at the parent, as OpenMRS makes one (SHA-512 of password + salt).
+    let hash: String = {
+        use sha2::Digest as _;
+        sha2::Sha512::digest(b"Nurse123clove").iter().map(|b| format!("{b:02x}")).collect()
+    };
+    s.execute(
+        "INSERT INTO users (system_id, username, password, salt, creator, date_created, person_id, retired, uuid) VALUES ('9-1', 'nurse', ?, 'clove', 1, '2020-01-01 00:00:00', 1, 0, '7c1a0000-0000-4000-8000-0000000c3e72')",
+        &[hash.into()],
+    )
+    .await
+    .unwrap();
+    publisher.publish().await;
     let patient = one_text(&child_db.database, "SELECT uuid FROM patient p JOIN person x ON x.person_id = p.patient_id ORDER BY p.patient_id DESC LIMIT 1", &[]).await.unwrap();
     for _ in 0..5 {
         child.round().await.expect("a round over https");
@@ -138,6 +150,9 @@ async fn a_child_syncs_with_its_parent_over_https() {
     }
     let at_parent = one_text(&parent.database, "SELECT x.uuid FROM person x WHERE x.uuid = ?", &[patient.clone().into()]).await;
     assert_eq!(at_parent.as_deref(), Some(patient.as_str()), "the child's new patient reached the parent over https");
+    let mut sc = child_db.database.session().await.unwrap();
+    let nurse = feedsync_node::openmrs_login::user(&mut sc, "nurse").await.unwrap().expect("the parent's user reached the child");
+    assert!(feedsync_node::openmrs_login::password_matches(&nurse.password, nurse.salt.as_deref(), "Nurse123"), "and logs in there with the same password");
 
     // The same child without the CA cannot reach its parent, and says why.
     let mut untrusting = HttpParent::new(&format!("https://localhost:{}", publisher.addr.port()), &token);

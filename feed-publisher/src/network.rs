@@ -74,7 +74,16 @@ pub(crate) async fn route(app: &App, request: Request<Incoming>, rest: &str) -> 
         (Method::GET, "/changes") => {
             let after = number(&query, "after", 0)?;
             let limit = number(&query, "limit", ITEMS_PER_MESSAGE_MAX as i64)?.clamp(1, ITEMS_PER_MESSAGE_MAX as i64) as usize;
-            json(&parent::changes(&mut session, &app.model, &child, after, limit).await?)
+            let mut page = parent::changes(&mut session, &app.model, &child, after, limit).await?;
+            // Users are metadata every child receives; their credentials only over TLS or to
+            // this machine, never across a link in clear (`--insecure-http`).
+            let peer = request.extensions().get::<crate::server::PeerAddr>().map(|p| p.0);
+            if !crate::server::credentials_may_travel(true, crate::server::arrived_over_tls(&request), peer) {
+                for item in &mut page.items {
+                    item.resource = item.resource.take().map(|r| feedsync_node::lookup::without_credentials(&app.model, r));
+                }
+            }
+            json(&page)
         }
         (Method::POST, "/push") => {
             // No database connection is held while a (slow) child sends its body.

@@ -307,8 +307,8 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
     if let Some(rest) = path.strip_prefix(&format!("{RESOURCE_PATH}/")) {
         require_get(&method)?;
         let link = format!("{RESOURCE_PATH}/{rest}");
-        check_feed_access(app, &request, &[link_category(app, &link).as_str()]).await?;
-        return single_resource(app, &link).await;
+        let reader = check_feed_access(app, &request, &[link_category(app, &link).as_str()]).await?;
+        return single_resource(app, &link, reader).await;
     }
     if path == BATCH_PATH {
         if method != Method::POST {
@@ -419,7 +419,7 @@ async fn feed_list(app: &App) -> Result<Reply, HttpError> {
 }
 
 /// Looks up one resource link: the resource, its tombstone, or why neither.
-async fn lookup(app: &App, session: &mut feedsync_db::Session, link: &str, cache: &mut LookupCache) -> Result<BatchItem, HttpError> {
+async fn lookup(app: &App, session: &mut feedsync_db::Session, link: &str, cache: &mut LookupCache, reader: Reader) -> Result<BatchItem, HttpError> {
     let item = |status: u16, error: String| BatchItem { link: link.to_owned(), status, resource: None, tombstone: None, error: Some(error) };
     // Links may carry the path prefix or not, like every other route.
     let parsed = resource::parse_resource_link(link, &app.config.server.path_prefix).or_else(|| resource::parse_resource_link(link, ""));
@@ -431,6 +431,7 @@ async fn lookup(app: &App, session: &mut feedsync_db::Session, link: &str, cache
     };
     if let Some(row) = feedsync_node::lookup::find_row(session, &app.model, &table, &key).await? {
         let rendered = feedsync_node::lookup::render(session, &app.model, entity, &key, &row, cache).await?;
+        let rendered = if reader.credentials { rendered } else { feedsync_node::lookup::without_credentials(&app.model, rendered) };
         return Ok(BatchItem { link: link.to_owned(), status: 200, resource: Some(rendered), tombstone: None, error: None });
     }
     let last = session
@@ -452,9 +453,9 @@ async fn lookup(app: &App, session: &mut feedsync_db::Session, link: &str, cache
     Ok(item(404, format!("no {table} with identity {key:?} here")))
 }
 
-async fn single_resource(app: &App, path: &str) -> Result<Reply, HttpError> {
+async fn single_resource(app: &App, path: &str, reader: Reader) -> Result<Reply, HttpError> {
     let mut session = app.database.session().await?;
-    let item = lookup(app, &mut session, path, &mut LookupCache::default()).await?;
+    let item = lookup(app, &mut session, path, &mut LookupCache::default(), reader).await?;
     let status = StatusCode::from_u16(item.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = match (&item.resource, &item.tombstone) {
         (Some(r), _) => serde_json::to_vec(r),
@@ -466,7 +467,7 @@ async fn single_resource(app: &App, path: &str) -> Result<Reply, HttpError> {
 }
 
 async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError> {
-    let (headers, peer) = (request.headers().clone(), request.extensions().get::<PeerAddr>().map(|p| p.0));
+    let (headers, peer, over_tls) = (request.headers().clone(), request.extensions().get::<PeerAddr>().map(|p| p.0), arrived_over_tls(&request));
     let (body, _slot) = read_body(app, request, app.config.limits.request_body_bytes_max, "send fewer links per request").await?;
     let request: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
         HttpError::new(StatusCode::BAD_REQUEST, format!("batch request is not valid JSON: {e}"), "send {\"resources\": [\"/ws/feedsync/resource/{table}/{key}\", ...]}")
@@ -481,12 +482,12 @@ async fn batch(app: &App, request: Request<Incoming>) -> Result<Reply, HttpError
     }
     let categories: Vec<String> = request.resources.iter().map(|link| link_category(app, link)).collect();
     let categories: Vec<&str> = categories.iter().map(String::as_str).collect();
-    check_feed_access_by(app, peer, &headers, &categories).await?;
+    let reader = check_feed_access_by(app, peer, over_tls, &headers, &categories).await?;
     let mut session = app.database.session().await?;
     let mut cache = LookupCache::default();
     let mut resources = Vec::with_capacity(request.resources.len());
     for link in &request.resources {
-        resources.push(lookup(app, &mut session, link, &mut cache).await?);
+        resources.push(lookup(app, &mut session, link, &mut cache, reader).await?);
     }
     Ok(Reply::json(StatusCode::OK, serde_json::to_vec(&BatchResponse { resources }).expect("batch serializes"), false))
 }
@@ -510,8 +511,26 @@ fn link_category(app: &App, link: &str) -> String {
     app.model.entity(&table).map_or(table, |e| e.category.clone())
 }
 
-async fn check_feed_access(app: &App, request: &Request<Incoming>, categories: &[&str]) -> Result<(), HttpError> {
-    check_feed_access_by(app, request.extensions().get::<PeerAddr>().map(|p| p.0), request.headers(), categories).await
+/// What a reader admitted to the feeds may receive.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reader {
+    /// Credential columns (`users.password` and the like): only for a `replica` token or
+    /// whoever the dashboard admits, over TLS or from this machine.
+    pub credentials: bool,
+}
+
+impl Reader {
+    const PLAIN: Reader = Reader { credentials: false };
+}
+
+/// Whether credentials may go to a reader trusted with them over this link: TLS, or this
+/// machine. Pure.
+pub fn credentials_may_travel(trusted: bool, over_tls: bool, peer: Option<SocketAddr>) -> bool {
+    trusted && (over_tls || peer.is_some_and(|p| p.ip().to_canonical().is_loopback()))
+}
+
+async fn check_feed_access(app: &App, request: &Request<Incoming>, categories: &[&str]) -> Result<Reader, HttpError> {
+    check_feed_access_by(app, request.extensions().get::<PeerAddr>().map(|p| p.0), arrived_over_tls(request), request.headers(), categories).await
 }
 
 /// `[auth]`: with `required` on (the default), feeds, resources and batch answers go only to a
@@ -520,22 +539,28 @@ async fn check_feed_access(app: &App, request: &Request<Incoming>, categories: &
 /// which needs a token unless some category is anonymous). Whoever the dashboard admits (this
 /// machine without an admin token; with one, that token or a login) reads them too: the
 /// dashboard shows the feeds, and it already shows that person every record.
-async fn check_feed_access_by(app: &App, peer: Option<SocketAddr>, headers: &hyper::HeaderMap, categories: &[&str]) -> Result<(), HttpError> {
+async fn check_feed_access_by(app: &App, peer: Option<SocketAddr>, over_tls: bool, headers: &hyper::HeaderMap, categories: &[&str]) -> Result<Reader, HttpError> {
     let auth = &app.config.auth;
-    if !auth.required {
-        return Ok(());
-    }
-    if crate::dashboard::dashboard_admits(app, peer, headers).is_ok() {
-        return Ok(());
+    let admitted = crate::dashboard::dashboard_admits(app, peer, headers).is_ok();
+    if !auth.required || admitted {
+        // A reader that names itself with a token gets what its token allows, even here.
+        let trusted = match crate::dashboard::bearer_token(headers) {
+            None => admitted,
+            Some(offered) => {
+                let mut session = app.database.session().await?;
+                feedsync_node::auth::token_for(&mut session, offered).await?.is_some_and(|t| t.scopes.contains(&feedsync_node::auth::Scope::Replica))
+            }
+        };
+        return Ok(Reader { credentials: credentials_may_travel(trusted, over_tls, peer) });
     }
     let anonymous = |c: &&str| auth.anonymous_categories.iter().any(|a| a == c);
     if if categories.is_empty() { !auth.anonymous_categories.is_empty() } else { categories.iter().all(anonymous) } {
-        return Ok(());
+        return Ok(Reader::PLAIN);
     }
     const HINT: &str = "send Authorization: Bearer <token>, with a token from `feed-publisher token create --scope feeds`, or log in as an OpenMRS user (HTTP Basic)";
     // An OpenMRS user who may read the feeds reads every category (never credential columns).
     if crate::openmrs_session::authenticate(app, peer, headers).await?.is_some() {
-        return Ok(());
+        return Ok(Reader::PLAIN);
     }
     let Some(offered) = crate::dashboard::bearer_token(headers) else {
         return Err(HttpError::new(StatusCode::UNAUTHORIZED, "this server's feeds need a token", HINT));
@@ -554,7 +579,8 @@ async fn check_feed_access_by(app: &App, peer: Option<SocketAddr>, headers: &hyp
     if categories.is_empty() && !token.scopes.iter().any(|s| matches!(s, feedsync_node::auth::Scope::Feeds | feedsync_node::auth::Scope::Replica)) {
         return Err(HttpError::new(StatusCode::FORBIDDEN, format!("token {:?} has no feeds or replica scope", token.name), HINT));
     }
-    Ok(())
+    let replica = token.scopes.contains(&feedsync_node::auth::Scope::Replica);
+    Ok(Reader { credentials: credentials_may_travel(replica, over_tls, peer) })
 }
 
 /// Marks a request whose slot `handle` took (it announced no body).
@@ -843,6 +869,22 @@ pub async fn serve_until_ctrl_c(database: Database, model: Model, config: Config
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_travel_to_the_trusted_over_tls_or_to_this_machine() {
+        let here: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let there: SocketAddr = "10.0.0.7:5000".parse().unwrap();
+        for (trusted, tls, peer, travels) in [
+            (true, false, Some(here), true),
+            (true, true, Some(there), true),
+            (true, false, Some(there), false),
+            (true, false, None, false),
+            (false, true, Some(here), false),
+            (false, false, Some(here), false),
+        ] {
+            assert_eq!(credentials_may_travel(trusted, tls, peer), travels, "{trusted} {tls} {peer:?}");
+        }
+    }
 
     #[test]
     fn plain_http_is_served_to_this_machine_only_unless_allowed() {

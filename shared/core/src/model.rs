@@ -72,6 +72,9 @@ pub struct Entity {
     /// The row is itself the person/patient whose uuid tags it.
     pub is_patient_root: bool,
     pub location_column: Option<String>,
+    /// Columns (among `columns`) holding credentials: left out of a resource for a reader not
+    /// trusted with them ([`Entity::without_credentials`]).
+    pub credential_columns: Vec<String>,
 }
 
 impl Entity {
@@ -80,6 +83,13 @@ impl Entity {
     }
     pub fn has_column(&self, name: &str) -> bool {
         self.columns.iter().any(|c| c.name == name)
+    }
+    /// `columns` less the credential columns, for a reader not trusted with credentials.
+    /// Pure; the hash is the caller's to recompute.
+    pub fn without_credentials(&self, columns: &mut std::collections::BTreeMap<String, serde_json::Value>) -> bool {
+        let before = columns.len();
+        columns.retain(|name, _| !self.credential_columns.iter().any(|c| c == name));
+        columns.len() != before
     }
     /// The table's own integer surrogate key, which never leaves the server.
     pub fn local_id_column(&self) -> Option<&str> {
@@ -181,6 +191,11 @@ pub fn build(schema: &Schema, profile: &Profile) -> Model {
                 patient_path: Vec::new(),
                 is_patient_root: name == "person" || name == "patient",
                 location_column,
+                credential_columns: profile
+                    .credential_columns
+                    .get(name)
+                    .map(|listed| listed.iter().filter(|c| table.has_column(c)).cloned().collect())
+                    .unwrap_or_default(),
             },
         );
     }
@@ -554,7 +569,14 @@ mod tests {
         let mut with_password = bare_schema();
         with_password.tables.get_mut("users").unwrap().columns.push(col("password", "varchar"));
         let m2 = build(&with_password, &Profile::openmrs());
-        assert!(!m2.entities["users"].has_column("password"), "credentials are never published");
+        let users = &m2.entities["users"];
+        assert!(users.has_column("password"), "credentials travel to readers trusted with them");
+        assert_eq!(users.credential_columns, ["password"], "only the credential columns the table has");
+        let mut columns: std::collections::BTreeMap<String, serde_json::Value> =
+            [("password", "x"), ("username", "u")].iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+        assert!(users.without_credentials(&mut columns));
+        assert_eq!(columns.keys().collect::<Vec<_>>(), ["username"], "and leave every other reader's resource");
+        assert!(!m.entities["person"].without_credentials(&mut columns), "other tables have none");
         assert!(m.not_published["liquibasechangelog"].contains("excluded"));
         assert!(m.not_published["mystery"].contains("local integer id"), "{:?}", m.not_published);
         // Module table: identity from its uuid, references from its declared key.

@@ -26,9 +26,13 @@ pub struct Profile {
     pub class_tables: BTreeMap<String, String>,
     #[serde(default)]
     pub patient_data: PatientData,
-    /// Columns never published, per table (credentials).
+    /// Columns never published, per table.
     #[serde(default)]
     pub omitted_columns: BTreeMap<String, Vec<String>>,
+    /// Credential columns, per table: published only to readers trusted with credentials
+    /// (`replica` tokens, children, this machine), never in a `feeds` answer.
+    #[serde(default)]
+    pub credential_columns: BTreeMap<String, Vec<String>>,
     /// `"table.column" = "referenced table"`.
     #[serde(default)]
     pub references: BTreeMap<String, String>,

@@ -695,6 +695,7 @@ mod tests {
             patient_path: Vec::new(),
             is_patient_root: false,
             location_column: None,
+            credential_columns: Vec::new(),
         }
     }
 

@@ -140,6 +140,18 @@ pub async fn reference_key(
 
 /// Renders a local row as a resource: references become identities, the local surrogate id
 /// is left out, ids inside values are translated.
+/// `resource` without its table's credential columns, for a reader not trusted with them
+/// (a `feeds` token, an OpenMRS login, an anonymous category, a link in clear); its hash then
+/// describes what is left. Pure.
+pub fn without_credentials(model: &Model, mut resource: Resource) -> Resource {
+    if let Some(entity) = model.entity(&resource.table)
+        && entity.without_credentials(&mut resource.columns)
+    {
+        resource.hash = content_hash(&resource.columns);
+    }
+    resource
+}
+
 pub async fn render(
     session: &mut Session,
     model: &Model,
