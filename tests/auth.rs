@@ -91,25 +91,12 @@ async fn feeds_answer_only_tokens_that_may_read_them() {
 
 /// An OpenMRS request as another machine sends it: HTTP Basic or a cookie.
 async fn openmrs(publisher: &Publisher, method: &str, path: &str, user_password: Option<&str>, cookie: Option<&str>) -> feedsync_sim::publisher::HttpReply {
-    let basic = user_password.map(|up| format!("Basic {}", base64(up.as_bytes())));
+    let basic = user_password.map(|up| format!("Basic {}", feedsync_http::client::base64(up.as_bytes())));
     let cookie = cookie.map(|c| format!("JSESSIONID={c}"));
     let mut headers: Vec<(&str, &str)> = vec![("host", "parent.example")];
     headers.extend(basic.iter().map(|b| ("authorization", b.as_str())));
     headers.extend(cookie.iter().map(|c| ("cookie", c.as_str())));
     http(publisher.addr, method, path, &headers, None).await
-}
-
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            out.push(if i <= chunk.len() { ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char } else { '=' });
-        }
-    }
-    out
 }
 
 /// OpenMRS's own form for a new password: lowercase hex SHA-512 of password + salt.

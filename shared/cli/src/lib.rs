@@ -28,7 +28,7 @@ impl TlsArgs {
 
     /// Whether plain http to other machines was allowed here or in the environment.
     pub fn insecure_http(&self) -> bool {
-        self.insecure_http || std::env::var(feedsync_http::tls::INSECURE_HTTP_ENV).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+        self.insecure_http || feedsync_http::tls::insecure_http_from_env()
     }
 }
 

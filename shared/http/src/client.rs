@@ -528,7 +528,7 @@ fn gunzip(compressed: &[u8], limit_bytes: usize) -> Result<Vec<u8>, GunzipError>
 
 /// Standard base64 with padding, for the basic-auth header: a dependency for 15 lines is not
 /// worth it.
-fn base64(input: &[u8]) -> String {
+pub fn base64(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {

@@ -110,11 +110,12 @@ pub fn install(tls: ClientTls) -> Result<(), TlsError> {
 pub fn install_from(ca_files: &[PathBuf], insecure_http: bool) -> Result<(), TlsError> {
     let mut files: Vec<PathBuf> = std::env::var_os(CA_ENV).map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect()).unwrap_or_default();
     files.extend(ca_files.iter().cloned());
-    install(ClientTls::new(&files, insecure_http || env_flag(INSECURE_HTTP_ENV))?)
+    install(ClientTls::new(&files, insecure_http || insecure_http_from_env())?)
 }
 
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+/// Whether [`INSECURE_HTTP_ENV`] allows plain http to other machines (`1`, `true`, `yes`).
+pub fn insecure_http_from_env() -> bool {
+    std::env::var(INSECURE_HTTP_ENV).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
 }
 
 /// The process's trust: what [`install`] set, or the system's roots and no plain HTTP to
@@ -122,7 +123,7 @@ fn env_flag(name: &str) -> bool {
 pub(crate) fn installed() -> ClientTls {
     INSTALLED
         .get_or_init(|| {
-            ClientTls::new(&[], env_flag(INSECURE_HTTP_ENV)).unwrap_or_else(|e| {
+            ClientTls::new(&[], insecure_http_from_env()).unwrap_or_else(|e| {
                 // Only a CA file can fail to load, and none is named here.
                 unreachable!("system roots only: {e}")
             })
