@@ -131,7 +131,6 @@ pub(crate) async fn route(app: &App, request: &hyper::Request<hyper::body::Incom
         return Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "the session takes GET (log in) or DELETE (log out)", "use GET with HTTP Basic credentials"));
     }
     let peer = request.extensions().get::<crate::server::PeerAddr>().map(|p| p.0);
-    let existing = cookie_value(headers, SESSION_COOKIE).filter(|id| app.openmrs_sessions.user_of(id, Instant::now()).is_some());
     let user = authenticate(app, peer, headers).await?;
     let body = |id: Option<&str>, user: Option<&str>| {
         let value = match (id, user) {
@@ -143,7 +142,10 @@ pub(crate) async fn route(app: &App, request: &hyper::Request<hyper::body::Incom
     let Some(user) = user else {
         return Ok(Reply::new(StatusCode::OK, "application/json", body(None, None)).no_etag());
     };
-    if let Some(id) = existing.filter(|_| !headers.contains_key(header::AUTHORIZATION)) {
+    // Accepted without Basic credentials: by its live session cookie, which stays.
+    if !headers.contains_key(header::AUTHORIZATION)
+        && let Some(id) = cookie_value(headers, SESSION_COOKIE)
+    {
         return Ok(Reply::new(StatusCode::OK, "application/json", body(Some(&id), Some(&user))).no_etag());
     }
     let id = app.openmrs_sessions.create(&user, Instant::now());

@@ -127,7 +127,7 @@ pub fn init(dir: &Path, names: &[String], days: u32) -> Result<Written, TlsError
     if names.is_empty() {
         return Err(bad("no --name given: name every host name and IP address children use to reach this parent".into()));
     }
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Read { path: dir.to_owned(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.to_owned(), source })?;
     let (ca_cert_path, ca_key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
     let existing = ca_key_path.exists();
     let ca_key = if existing {
@@ -191,7 +191,7 @@ fn set_validity(params: &mut rcgen::CertificateParams, days: i64) {
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), TlsError> {
-    std::fs::write(path, text).map_err(|source| TlsError::Read { path: path.to_owned(), source })
+    std::fs::write(path, text).map_err(|source| TlsError::Write { path: path.to_owned(), source })
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), TlsError> {
@@ -203,6 +203,6 @@ fn write_private(path: &Path, text: &str) -> Result<(), TlsError> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
-    file.write_all(text.as_bytes()).map_err(|source| TlsError::Read { path: path.to_owned(), source })
+        .map_err(|source| TlsError::Write { path: path.to_owned(), source })?;
+    file.write_all(text.as_bytes()).map_err(|source| TlsError::Write { path: path.to_owned(), source })
 }

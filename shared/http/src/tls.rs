@@ -28,6 +28,8 @@ pub const INSECURE_HTTP_ENV: &str = "FEEDSYNC_INSECURE_HTTP";
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}. Check that the folder exists and is writable")]
+    Write { path: PathBuf, source: std::io::Error },
     #[error("{path} holds no PEM certificate (a file starting with -----BEGIN CERTIFICATE-----); {hint}")]
     NoCertificate { path: PathBuf, hint: &'static str },
     #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1); {hint}")]
